@@ -1,0 +1,21 @@
+"""Files shipped inside the package (``specbench/assets``), addressed as ``builtin:NAME``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSET_DIR = Path(__file__).parent / "assets"
+PREFIX = "builtin:"
+
+
+def resolve_path(spec: str | Path) -> Path:
+    """``builtin:NAME`` → ``specbench/assets/NAME.pt``; any other string is a filesystem path."""
+    s = str(spec)
+    if s.startswith(PREFIX):
+        return ASSET_DIR / f"{s[len(PREFIX) :]}.pt"
+    return Path(s).expanduser()
+
+
+def list_builtin() -> list[str]:
+    """Names of the shipped assets."""
+    return sorted(f"{PREFIX}{p.stem}" for p in ASSET_DIR.glob("*.pt"))

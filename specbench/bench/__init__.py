@@ -1,0 +1,1 @@
+"""Running recipes: generation and scoring with resume, environment capture, reports."""

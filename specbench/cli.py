@@ -1,0 +1,237 @@
+"""The ``specbench`` command line (Typer). Thin wrappers: every command calls one library function.
+
+User-fixable problems (:class:`~specbench.errors.SpecbenchError`) print one line and exit 2;
+Ctrl-C exits 130 after saying that finished rows are kept and a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from specbench import __version__
+from specbench.errors import SpecbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Speculative decoding for codec-LM TTS: run, score and compare decoders.")
+prepare_app = typer.Typer(no_args_is_help=True, help="Build corpus manifests (local LibriTTS, or the built-in synthetic corpus).")
+train_app = typer.Typer(no_args_is_help=True, help="Fit the codec or train models.")
+app.add_typer(prepare_app, name="prepare")
+app.add_typer(train_app, name="train")
+err_console = Console(stderr=True)
+console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: a.b=value (repeatable).")]
+
+
+def friendly(fn: F) -> F:
+    """Turn SpecbenchError into a one-line message + exit 2, and Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpecbenchError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished rows are saved; rerun the same command to resume", highlight=False)
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"specbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False) -> None:
+    """specbench: benchmark speculative decoders for codec-language-model TTS."""
+
+
+def _recipe_or_run(target: Path, overrides: list[str] | None):
+    from specbench.bench.runner import load_run_config
+    from specbench.config import load_recipe
+
+    if target.is_dir():
+        return load_run_config(target, overrides)
+    return load_recipe(target, overrides)
+
+
+@app.command()
+@friendly
+def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")], set_: SetOpt = None) -> None:
+    """Generate, score and report a recipe (resumable: a rerun skips finished rows)."""
+    from specbench.bench.runner import run as run_recipe
+    from specbench.config import load_recipe
+
+    cfg = load_recipe(recipe, set_)
+    run_recipe(cfg, log=console.print)
+
+
+@app.command()
+@friendly
+def generate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: SetOpt = None) -> None:
+    """Only the generation step: tokens, stats, audio → records.jsonl."""
+    from specbench.bench.runner import run as run_recipe
+    from specbench.config import load_recipe
+
+    run_recipe(load_recipe(recipe, set_), steps=("generate",), log=console.print)
+
+
+@app.command()
+@friendly
+def score(target: Annotated[Path, typer.Argument(help="Recipe YAML or a run folder.")], set_: SetOpt = None) -> None:
+    """Only the scoring step (WER, CER, SIM); rescoring with another scorer adds rows, never replaces."""
+    from specbench.bench.runner import run as run_recipe
+
+    run_recipe(_recipe_or_run(target, set_), steps=("score",), log=console.print)
+
+
+@app.command()
+@friendly
+def report(target: Annotated[Path, typer.Argument(help="Run folder (or recipe YAML).")], set_: SetOpt = None) -> None:
+    """Only the report step: summary.csv, summary.md and the table."""
+    from specbench.bench.runner import run as run_recipe
+
+    run_recipe(_recipe_or_run(target, set_), steps=("report",), log=console.print)
+
+
+@prepare_app.command("libritts")
+@friendly
+def prepare_libritts(
+    root: Annotated[Path, typer.Option(help="Local LibriTTS (or LibriTTS-R) folder holding the subset folder.")],
+    subset: Annotated[str, typer.Option(help="Subset folder name, e.g. test-clean.")] = "test-clean",
+    out: Annotated[Path | None, typer.Option(help="Manifest path (default ROOT/SUBSET.jsonl).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the choice of speaker prompts.")] = 0,
+) -> None:
+    """Build a JSONL manifest from a local LibriTTS tree (nothing is downloaded)."""
+    from specbench.data.libritts import build_manifest
+
+    m = build_manifest(root, subset, out, seed=seed)
+    console.print(f"{len(m)} utterances, {len(m.speakers())} speakers → {m.path}")
+
+
+@prepare_app.command("synthetic")
+@friendly
+def prepare_synthetic_cmd(
+    out: Annotated[Path, typer.Option(help="Output folder (LibriTTS layout).")] = Path("data/synthetic"),
+    splits: Annotated[str, typer.Option(help="Comma-separated splits: train,dev,test.")] = "train,dev,test",
+    n_train: Annotated[int, typer.Option(help="Training sentences.")] = 9500,
+    seed: Annotated[int, typer.Option(help="Seed for sentence split and speaker assignment.")] = 0,
+    workers: Annotated[int, typer.Option(help="Parallel espeak-ng processes.")] = 2,
+) -> None:
+    """Synthesise the built-in multi-speaker corpus with espeak-ng (offline, deterministic, resumable)."""
+    from specbench.data.synthetic import prepare_synthetic
+
+    chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
+    manifests = prepare_synthetic(out, splits=chosen, n_train=n_train, seed=seed, workers=workers)
+    for name, m in manifests.items():
+        hours = sum(u.duration for u in m.utterances) / 3600
+        console.print(f"{name}: {len(m)} utterances, {len(m.speakers())} speakers, {hours:.2f} h → {m.path}")
+
+
+@train_app.command("codec")
+@friendly
+def train_codec(
+    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/train/).")] = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing codec file.")] = False,
+) -> None:
+    """Fit the built-in log-mel k-means codec (deterministic under its seed)."""
+    from specbench.codec.fit import fit_codec
+    from specbench.config import TrainCodecConfig, load_config
+
+    cfg = load_config(TrainCodecConfig, config, set_)
+    codec, seconds = fit_codec(cfg, overwrite=overwrite)
+    console.print(f"codec {codec.id} fitted in {seconds:.1f} s → {cfg.out}")
+
+
+@train_app.command("target")
+@friendly
+def train_target_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/train/).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT_DIR/last.pt.")] = False,
+) -> None:
+    """Train the target codec LM on a manifest (progress bar, periodic checkpoints, --resume)."""
+    from specbench.config import TrainTargetConfig, load_config
+    from specbench.models.train import train_target
+
+    cfg = load_config(TrainTargetConfig, config, set_)
+    train_target(cfg, resume=resume, log=console.print)
+
+
+@train_app.command("draft")
+@friendly
+def train_draft_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/train/draft-*.yaml).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT_DIR/last.pt.")] = False,
+) -> None:
+    """Train a draft model: SSD-style from the target's layers (default) or a small one from scratch."""
+    from specbench.config import TrainDraftConfig, load_config
+    from specbench.models.train import train_lm
+
+    cfg = load_config(TrainDraftConfig, config, set_)
+    train_lm(cfg, resume=resume, log=console.print)
+
+
+@app.command("list")
+@friendly
+def list_cmd() -> None:
+    """Show decoders, codecs, scorers, model presets, shipped assets and recipes."""
+    from typing import get_args
+
+    from rich.table import Table
+
+    from specbench.assets import list_builtin
+    from specbench.codec import CODEC_KINDS
+    from specbench.config import MODEL_PRESETS, AsrConfig, DecoderConfig, ScoringConfig, SpeakerConfig
+
+    def choices(model: Any, field: str) -> str:
+        def flat(t: Any) -> list[str]:
+            args = get_args(t)
+            return [x for a in args for x in flat(a)] if args else ([t] if isinstance(t, str) else [])
+
+        return ", ".join(flat(model.model_fields[field].annotation))
+
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("available")
+    from specbench.config import METHOD_PRESETS
+
+    table.add_row("decoders (method)", choices(DecoderConfig, "method"))
+    table.add_row(
+        "decoder presets",
+        ", ".join(f"{k} ({', '.join(f'{a}={b}' for a, b in v.items() if a != 'method') or 'autoregressive'})" for k, v in METHOD_PRESETS.items()),
+    )
+    table.add_row("proposers / rules", f"{choices(DecoderConfig, 'proposer')} / {choices(DecoderConfig, 'rule')}")
+    table.add_row("codecs", ", ".join(CODEC_KINDS))
+    table.add_row("ASR backends", choices(AsrConfig, "backend"))
+    table.add_row("speaker backends", choices(SpeakerConfig, "backend"))
+    table.add_row("normalizers", choices(ScoringConfig, "normalizer"))
+    table.add_row("model presets", ", ".join(f"{k} (d{v['d_model']}/L{v['n_layers']})" for k, v in MODEL_PRESETS.items()))
+    table.add_row("shipped assets", ", ".join(list_builtin()) or "(none)")
+    recipes = sorted(str(p) for p in Path("recipes").glob("*.yaml")) if Path("recipes").is_dir() else []
+    table.add_row("recipes (./recipes)", "\n".join(recipes) or "(none in this folder)")
+    console.print(table)
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(entrypoint())

@@ -1,0 +1,27 @@
+"""The SpeechCodec contract: waveform <-> one stream of discrete tokens."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class SpeechCodec(Protocol):
+    """A speech tokenizer the codec LM is trained on.
+
+    ``encode(wav, sr)`` resamples to ``sample_rate`` itself and returns ``LongTensor[T]`` with values in
+    ``[0, vocab_size)`` at ``frame_rate`` tokens per second; ``decode(tokens)`` returns ``(wav, sr)``.
+    ``id`` names the codec and its weights, so a checkpoint can refuse tokens from another codec.
+    """
+
+    id: str
+    sample_rate: int
+    frame_rate: float
+    vocab_size: int
+
+    def encode(self, wav: np.ndarray, sr: int) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor) -> tuple[np.ndarray, int]: ...

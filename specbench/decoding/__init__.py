@@ -1,0 +1,1 @@
+"""Decoding: the shared logit transform, the one generation loop and its statistics."""

@@ -1,0 +1,32 @@
+"""Device selection, thread count and device synchronisation for honest timings."""
+
+from __future__ import annotations
+
+import torch
+
+from specbench.errors import ConfigError
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda[:n]`` must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{spec}' requested but CUDA is not available here: use device: auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{spec}' does not exist ({torch.cuda.device_count()} CUDA devices): pick another index")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so that wall-clock timers measure finished work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_threads(n: int | None) -> None:
+    """Set torch's intra-op threads when ``n`` is given."""
+    if n is not None:
+        torch.set_num_threads(n)

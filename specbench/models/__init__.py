@@ -1,0 +1,1 @@
+"""Codec language models (target and draft), checkpoints and training."""

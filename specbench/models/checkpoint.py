@@ -1,0 +1,50 @@
+"""Checkpoint files: a dict with ``kind``, ``config`` and weights, written atomically.
+
+Every file specbench writes carries a ``kind`` so a loader can refuse a file of the wrong kind with a
+message that says which kind it is and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specbench.errors import ModelError
+
+MADE_BY = {"codec-lm": "specbench train target"}  # the command that writes each checkpoint kind
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path, expected_kind: str) -> dict[str, Any]:
+    """Load a checkpoint and check its ``kind``; ModelError names the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint not found: {p} (fix the path, or train one with `{MADE_BY.get(expected_kind, 'specbench train')}`)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ModelError(f"cannot read checkpoint {p}: {exc} (is it a specbench checkpoint?)") from None
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    if kind != expected_kind:
+        raise ModelError(
+            f"{p} is a '{kind or type(obj).__name__}' file, expected a checkpoint of kind '{expected_kind}': "
+            f"point at a file written by `{MADE_BY.get(expected_kind, 'specbench train')}`"
+        )
+    return obj

@@ -1,0 +1,303 @@
+"""Training a codec LM on a manifest: teacher-forced next-token cross-entropy on the speech tokens.
+
+Each example is ``[phonemes][SEP][prompt][target][EOS]`` where the prompt is a crop of up to
+``prompt_frames`` tokens of ANOTHER utterance of the same speaker (random each epoch) and the loss
+covers only the target tokens and EOS, as in zero-shot VALL-E-style TTS. Batches are bucketed by length
+under a token budget. AdamW, linear warm-up, cosine decay to ``min_lr_ratio``, gradient clipping,
+bf16 autocast when asked. ``out_dir/last.pt`` is written atomically every ``save_every`` steps and
+``--resume`` continues from it; ``out_dir/model.pt`` is the exported model at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from specbench.codec import load_codec
+from specbench.config import TrainTargetConfig
+from specbench.data.manifest import load_manifest
+from specbench.data.tokens import tokenize_manifest
+from specbench.device import resolve_device, set_threads
+from specbench.errors import DataError, ModelError, RunStateError
+from specbench.jsonl import append_jsonl
+from specbench.models.checkpoint import load_checkpoint, save_atomic
+from specbench.models.codec_lm import CodecLM, ModelConfig, count_parameters
+from specbench.models.lm_io import KIND, export_model, model_payload
+from specbench.text import encode_phonemes
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    """One training utterance: text ids, speech tokens, speaker."""
+
+    utt_id: str
+    text: np.ndarray
+    codes: np.ndarray
+    speaker: str
+
+
+def load_examples(manifest_path: str, codec: Any, cfg: ModelConfig) -> list[Example]:
+    """Tokenised utterances that fit the model's length limits."""
+    manifest = load_manifest(manifest_path)
+    codes = tokenize_manifest(manifest, codec)
+    out = []
+    for u in manifest.utterances:
+        text = np.array(encode_phonemes(u.phonemes), dtype=np.int64)
+        c = codes[u.utt_id].astype(np.int64)
+        if 0 < len(text) < cfg.max_text_len and 0 < len(c) and len(c) + 1 < cfg.max_speech_len // 2:
+            out.append(Example(u.utt_id, text, c, u.speaker))
+    if not out:
+        raise DataError(f"no usable utterances in {manifest_path} (empty text or audio, or too long for the model)")
+    return out
+
+
+def build_sequence(ex: Example, prompt: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embedding ids, position ids, labels) for one example; labels are IGNORE outside the target."""
+    lt, p, t = len(ex.text), len(prompt), len(ex.codes)
+    ids = np.concatenate([ex.text, [cfg.sep_id], prompt + cfg.speech_offset, ex.codes + cfg.speech_offset])
+    pos = np.concatenate([np.arange(lt + 1), cfg.max_text_len + np.arange(p + t)])
+    labels = np.full(len(ids), IGNORE, dtype=np.int64)
+    start = lt + p  # the last prompt token (or SEP) predicts the first target token
+    labels[start : start + t] = ex.codes
+    labels[start + t] = cfg.eos
+    return ids, pos, labels
+
+
+def pick_prompt(ex: Example, by_speaker: dict[str, list[Example]], frames: int, rng: random.Random, random_crop: bool) -> np.ndarray:
+    """A crop of another utterance of the same speaker (empty when the speaker has only one)."""
+    others = [o for o in by_speaker[ex.speaker] if o.utt_id != ex.utt_id]
+    if not others:
+        return np.zeros(0, dtype=np.int64)
+    src = rng.choice(others).codes
+    if len(src) <= frames:
+        return src
+    start = rng.randrange(len(src) - frames + 1) if random_crop else 0
+    return src[start : start + frames]
+
+
+def collate(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence (padding is never attended by real tokens: causal mask)."""
+    n = max(len(s[0]) for s in seqs)
+    ids = torch.zeros(len(seqs), n, dtype=torch.long)
+    pos = torch.zeros(len(seqs), n, dtype=torch.long)
+    lab = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
+    for i, (a, b, c) in enumerate(seqs):
+        ids[i, : len(a)] = torch.from_numpy(a)
+        pos[i, : len(b)] = torch.from_numpy(b)
+        lab[i, : len(c)] = torch.from_numpy(c)
+    return ids, pos, lab
+
+
+def batches(
+    examples: list[Example], cfg: ModelConfig, batch_tokens: int, prompt_frames: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Endless length-bucketed batches; each epoch reshuffles buckets and redraws prompts."""
+    by_spk: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_spk[ex.speaker].append(ex)
+    rng = random.Random(seed)
+    while True:
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].codes) + len(examples[i].text) + rng.random() * 8)
+        groups: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            longest = len(examples[i].codes) + len(examples[i].text) + prompt_frames + 2
+            if cur and (len(cur) + 1) * longest > batch_tokens:
+                groups.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            groups.append(cur)
+        rng.shuffle(groups)
+        for g in groups:
+            yield collate([build_sequence(examples[i], pick_prompt(examples[i], by_spk, prompt_frames, rng, True), cfg) for i in g])
+
+
+def lr_at(step: int, tc: TrainTargetConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    frac = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def loss_fn(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over labelled positions."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits, _ = model.forward_train(ids.to(device), pos.to(device))
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE)
+
+
+@torch.no_grad()
+def evaluate(model: CodecLM, examples: list[Example], cfg: ModelConfig, tc: TrainTargetConfig, device: torch.device) -> float:
+    """Token-weighted dev loss with fixed prompts (first ``prompt_frames`` of a seeded pick)."""
+    model.eval()
+    by_spk: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_spk[ex.speaker].append(ex)
+    rng = random.Random(1234)
+    seqs = [build_sequence(ex, pick_prompt(ex, by_spk, tc.prompt_frames, rng, False), cfg) for ex in examples]
+    total, count = 0.0, 0
+    for i in range(0, len(seqs), 16):
+        ids, pos, lab = collate(seqs[i : i + 16])
+        n = int((lab != IGNORE).sum())
+        total += float(loss_fn(model, ids, pos, lab, tc.precision, device)) * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def build_layer_draft(target: CodecLM, layers: list[int]) -> CodecLM:
+    """A draft made of the target's blocks ``layers`` (in order) with its embeddings, final norm and head."""
+    bad = [i for i in layers if not 0 <= i < target.cfg.n_layers]
+    if bad:
+        raise ModelError(f"draft layers {bad} do not exist in a {target.cfg.n_layers}-layer target: pick indices 0..{target.cfg.n_layers - 1}")
+    cfg = ModelConfig(**{**target.cfg.to_dict(), "n_layers": len(layers)})
+    draft = CodecLM(cfg)
+    draft.tok_emb.load_state_dict(target.tok_emb.state_dict())
+    draft.pos_emb.load_state_dict(target.pos_emb.state_dict())
+    draft.ln_f.load_state_dict(target.ln_f.state_dict())
+    draft.head.load_state_dict(target.head.state_dict())
+    for j, i in enumerate(layers):
+        draft.blocks[j].load_state_dict(target.blocks[i].state_dict())
+    return draft
+
+
+def set_trainable(model: CodecLM, parts: list[str]) -> int:
+    """Freeze every parameter except the named parts; returns the number of trainable parameters."""
+    prefixes = {"embeddings": ("tok_emb.", "pos_emb."), "ln_f": ("ln_f.",), "head": ("head.",)}
+    allowed: list[str] = []
+    for part in parts:
+        if part == "all":
+            allowed.append("")
+        elif part.startswith("layers."):
+            idx = int(part.split(".")[1])
+            if idx >= len(model.blocks):
+                raise ModelError(f"trainable part {part} does not exist in a {len(model.blocks)}-layer draft")
+            allowed.append(f"blocks.{idx}.")
+        else:
+            allowed.extend(prefixes[part])
+    n = 0
+    for name, p in model.named_parameters():
+        p.requires_grad = any(name.startswith(a) for a in allowed)
+        n += p.numel() if p.requires_grad else 0
+    return n
+
+
+def train_target(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -> Path:
+    """Train (or resume) a target codec LM as configured; returns the exported ``model.pt`` path."""
+    return train_lm(tc, resume=resume, log=log)
+
+
+def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -> Path:
+    """Train a target (TrainTargetConfig) or a draft (TrainDraftConfig); returns ``out_dir/model.pt``."""
+    from specbench.config import TrainDraftConfig
+    from specbench.models.lm_io import load_lm
+
+    out = Path(tc.out_dir)
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise RunStateError(f"{out} already holds a training run: pass --resume to continue it or choose another out_dir")
+    if resume and not last.exists():
+        raise RunStateError(f"nothing to resume in {out}: run without --resume to start training")
+    set_threads(tc.threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    role, init_meta = "target", {}
+    if isinstance(tc, TrainDraftConfig):
+        role = "draft"
+        target, tck = load_lm(tc.target)
+        if tck.get("codec_id") and tck["codec_id"] != codec.id:
+            raise ModelError(f"target {tc.target} was trained on codec {tck['codec_id']}, not {codec.id}: set codec.path to that codec")
+        if tc.init == "target-layers":
+            model = build_layer_draft(target, tc.layers)
+            init_meta = {"init": "target-layers", "target": tc.target, "layers": tc.layers, "trainable": tc.trainable}
+        else:
+            model = CodecLM(
+                ModelConfig(**{**tc.lm_config(codec.vocab_size), "max_text_len": target.cfg.max_text_len, "max_speech_len": target.cfg.max_speech_len})
+            )
+            init_meta = {"init": "scratch", "preset": tc.preset}
+        del target
+        cfg = model.cfg
+        n_train = set_trainable(model, tc.trainable if tc.init == "target-layers" else ["all"])
+    else:
+        cfg = ModelConfig(**tc.lm_config(codec.vocab_size))
+        model = CodecLM(cfg)
+        n_train = count_parameters(model)
+    model = model.to(device)
+    train_ex = load_examples(tc.train_manifest, codec, cfg)
+    dev_ex = load_examples(tc.dev_manifest, codec, cfg) if tc.dev_manifest else []
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2 and "emb" not in n]
+    no_decay = [p for n, p in params if not (p.dim() >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
+    step, elapsed, history = 0, 0.0, []
+    if resume:
+        state = load_checkpoint(last, KIND)
+        if state.get("config") != cfg.to_dict():
+            raise ModelError(f"{last} was trained with another model config; resume with the same config or a new out_dir")
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed, history = state["step"], state.get("elapsed", 0.0), state.get("history", [])
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"{role} {count_parameters(model) / 1e6:.2f}M params ({n_train / 1e6:.2f}M trained) | {len(train_ex)} train utts | device {device} | {tc.precision}")
+
+    def save() -> None:
+        payload = model_payload(model, codec.id, {"role": role, **init_meta, "train": tc.model_dump(), "history": history})
+        payload.update({"optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "history": history})
+        save_atomic(payload, last)
+
+    model.train()
+    data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    ema, tokens_seen, t0 = None, 0, time.perf_counter()
+    with Progress(*columns) as progress:
+        task = progress.add_task("train", total=tc.steps, completed=step, info="")
+        while step < tc.steps:
+            ids, pos, lab = next(data)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, tc)
+            loss = loss_fn(model, ids, pos, lab, tc.precision, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], tc.grad_clip)
+            opt.step()
+            step += 1
+            tokens_seen += int((ids != 0).sum())
+            now = time.perf_counter()
+            lv = float(loss.detach())
+            ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+            rate = tokens_seen / max(1e-9, now - t0)
+            info = f"loss {ema:.3f} lr {lr_at(step - 1, tc):.2e} {rate:,.0f} tok/s"
+            progress.update(task, completed=step, info=info)
+            if not progress.console.is_terminal and step % 50 == 0:  # logs to a file get a line, not a bar
+                progress.console.print(f"step {step}/{tc.steps} {info}")
+            if step % tc.eval_every == 0 or step == tc.steps:
+                row: dict[str, Any] = {"step": step, "train_loss": round(ema, 4), "minutes": round((elapsed + now - t0) / 60, 2)}
+                if dev_ex:
+                    row["dev_loss"] = round(evaluate(model, dev_ex, cfg, tc, device), 4)
+                history.append(row)
+                append_jsonl(out / "history.jsonl", row)
+                progress.console.print(row)
+            if step % tc.save_every == 0 or step == tc.steps:
+                elapsed_now = elapsed + time.perf_counter() - t0
+                elapsed, t0, tokens_seen = elapsed_now, time.perf_counter(), 0
+                save()
+    meta = {"role": role, **init_meta, "train": tc.model_dump(), "history": history, "steps": step, "train_minutes": round(elapsed / 60, 1)}
+    export_model(model, out / "model.pt", codec.id, meta)
+    log(f"exported {out / 'model.pt'} after {step} steps, {elapsed / 60:.1f} min")
+    return out / "model.pt"

@@ -1,0 +1,144 @@
+"""The built-in log-mel k-means codec: fitting, encode/decode contract, files, the shipped codebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specbench.codec import load_codec
+from specbench.codec.base import SpeechCodec
+from specbench.codec.kmeans_mel import KMeansMelCodec
+from specbench.errors import ModelError
+
+SR = 16000
+K = 16
+
+
+def _synthetic(seconds: float, seed: int, sr: int = SR) -> np.ndarray:
+    """Sum of a few sines with changing pitch plus noise, so log-mel frames actually vary."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    wav = np.zeros_like(t)
+    for _ in range(3):
+        f0, depth, amp = rng.uniform(120, 900), rng.uniform(0, 200), rng.uniform(0.05, 0.2)
+        wav += amp * np.sin(2 * np.pi * (f0 * t + depth * t * t))
+    wav *= 0.5 + 0.5 * np.sin(2 * np.pi * 1.5 * t) ** 2  # slow amplitude envelope
+    wav += 0.02 * rng.standard_normal(t.size)
+    return wav.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[np.ndarray]:
+    return [_synthetic(1.5, seed) for seed in range(3)]
+
+
+@pytest.fixture(scope="module")
+def codec(corpus: list[np.ndarray]) -> KMeansMelCodec:
+    return KMeansMelCodec.fit(corpus, SR, k=K, iters=8, seed=0)
+
+
+def test_fit_is_deterministic(corpus: list[np.ndarray], codec: KMeansMelCodec) -> None:
+    again = KMeansMelCodec.fit(corpus, SR, k=K, iters=8, seed=0)
+    assert torch.equal(again.centroids, codec.centroids)
+    assert again.id == codec.id
+    other = KMeansMelCodec.fit(corpus, SR, k=K, iters=8, seed=1)
+    assert not torch.equal(other.centroids, codec.centroids)
+
+
+def test_attributes(codec: KMeansMelCodec) -> None:
+    assert isinstance(codec, SpeechCodec)
+    assert codec.vocab_size == K and codec.sample_rate == SR and codec.frame_rate == 50.0
+    assert codec.centroids.shape == (K, 80)
+    assert codec.id.startswith(f"kmeans-mel-{K}-")
+
+
+def test_fit_needs_enough_frames() -> None:
+    with pytest.raises(ModelError, match="at least 64 frames"):
+        KMeansMelCodec.fit([_synthetic(0.2, 0)], SR, k=64, iters=2)
+
+
+@pytest.mark.parametrize("n", [1, 100, 512, 513, 16000, 16000 + 321])
+def test_encode_shape(codec: KMeansMelCodec, n: int) -> None:
+    wav = _synthetic(2.0, 7)[:n]
+    tokens = codec.encode(wav, SR)
+    assert tokens.dtype == torch.long and tokens.dim() == 1
+    assert tokens.shape[0] == 1 + n // 320  # 50 tokens per second at 16 kHz
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < K
+
+
+def test_encode_deterministic_and_varied(codec: KMeansMelCodec) -> None:
+    wav = _synthetic(1.0, 9)
+    tokens = codec.encode(wav, SR)
+    assert torch.equal(tokens, codec.encode(wav, SR))
+    assert tokens.unique().numel() > 1
+
+
+def test_encode_resamples(codec: KMeansMelCodec) -> None:
+    wav24 = _synthetic(1.0, 11, sr=24000)
+    assert codec.encode(wav24, 24000).shape[0] == 51
+
+
+def test_decode_length_dtype(codec: KMeansMelCodec) -> None:
+    tokens = codec.encode(_synthetic(1.0, 3), SR)
+    wav, sr = codec.decode(tokens)
+    assert sr == SR and wav.dtype == np.float32 and wav.ndim == 1
+    assert wav.shape[0] == (tokens.shape[0] - 1) * 320
+    assert np.isfinite(wav).all() and np.abs(wav).max() <= 0.99 + 1e-6
+    again, _ = codec.decode(tokens)
+    assert np.array_equal(wav, again)  # seeded Griffin-Lim phase
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_decode_very_short(codec: KMeansMelCodec, n: int) -> None:
+    """A generation that stops after a token or two must still decode (regression test)."""
+    wav, sr = codec.decode(torch.arange(n) % K)
+    assert sr == SR and wav.dtype == np.float32 and wav.shape == (max(n - 1, 0) * 320,)
+
+
+def test_encode_empty(codec: KMeansMelCodec) -> None:
+    assert codec.encode(np.zeros(0, dtype=np.float32), SR).shape == (0,)
+
+
+def test_decode_rejects_out_of_range(codec: KMeansMelCodec) -> None:
+    with pytest.raises(ModelError, match=rf"\[0, {K}\)"):
+        codec.decode(torch.tensor([0, K]))
+    with pytest.raises(ModelError):
+        codec.decode(torch.tensor([-1, 0]))
+
+
+def test_save_load_roundtrip(codec: KMeansMelCodec, tmp_path: Path) -> None:
+    path = tmp_path / "codec.pt"
+    codec.save(path)
+    loaded = load_codec("kmeans-mel", str(path))
+    assert loaded.id == codec.id
+    assert torch.equal(loaded.centroids, codec.centroids)
+    wav = _synthetic(0.5, 5)
+    assert torch.equal(loaded.encode(wav, SR), codec.encode(wav, SR))
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        KMeansMelCodec.load(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"kind": "codec-lm", "state_dict": {}}, other)
+    with pytest.raises(ModelError, match="'codec-lm' file") as err:
+        KMeansMelCodec.load(other)
+    assert "\n" not in str(err.value)
+    plain = tmp_path / "plain.pt"
+    torch.save([1, 2, 3], plain)
+    with pytest.raises(ModelError, match="'list' file"):
+        KMeansMelCodec.load(plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(np.random.default_rng(0).bytes(1024))
+    with pytest.raises(ModelError, match="cannot read"):
+        KMeansMelCodec.load(garbage)
+
+
+def test_shipped_codec() -> None:
+    codec = load_codec("kmeans-mel", "builtin:kmeans-mel-1024")
+    assert codec.vocab_size == 1024 and codec.frame_rate == 50.0 and codec.sample_rate == SR
+    tokens = codec.encode(_synthetic(0.5, 2), SR)
+    assert tokens.shape == (26,) and int(tokens.max()) < 1024

@@ -1,0 +1,134 @@
+"""Codec LM: cached decoding equals full-sequence passes; crop/keep roll back exactly; checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specbench.errors import ModelError
+from specbench.models.codec_lm import CodecLM, ModelConfig
+from specbench.models.lm_io import export_model, load_lm
+
+
+def _model(seed: int = 0) -> CodecLM:
+    torch.manual_seed(seed)
+    return CodecLM(ModelConfig(speech_vocab=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=128)).eval()
+
+
+def _inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(2, 90, (7,), generator=g)
+    prompt = torch.randint(0, 40, (5,), generator=g)
+    cont = torch.randint(0, 40, (6,), generator=g)
+    return text, prompt, cont
+
+
+def _full_logits(model: CodecLM, text: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+    ids, pos = model.embed_sequence(text, speech)
+    logits, _ = model.forward_train(ids[None], pos[None])
+    return logits[0]
+
+
+@torch.no_grad()
+def test_cached_step_by_step_equals_full_pass() -> None:
+    model = _model()
+    text, prompt, cont = _inputs()
+    full = _full_logits(model, text, torch.cat([prompt, cont]))
+    last, _, cache = model.prefill(text, prompt)
+    torch.testing.assert_close(last, full[text.numel() + prompt.numel()], rtol=1e-4, atol=1e-5)
+    for i, tok in enumerate(cont):
+        logits, _ = model(tok.view(1), cache)
+        torch.testing.assert_close(logits[0], full[text.numel() + prompt.numel() + 1 + i], rtol=1e-4, atol=1e-5)
+    assert cache.length == text.numel() + 1 + prompt.numel() + cont.numel()
+
+
+@torch.no_grad()
+def test_block_forward_equals_single_steps() -> None:
+    """One forward over n new tokens (the verify step) gives the logits of n single steps."""
+    model = _model()
+    text, prompt, cont = _inputs()
+    _, _, cache_a = model.prefill(text, prompt)
+    block, _ = model(cont, cache_a)
+    _, _, cache_b = model.prefill(text, prompt)
+    singles = torch.stack([model(t.view(1), cache_b)[0][0] for t in cont])
+    torch.testing.assert_close(block, singles, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_crop_rolls_back_to_rerun_prefix() -> None:
+    model = _model()
+    text, prompt, cont = _inputs()
+    _, _, cache = model.prefill(text, prompt)
+    model(cont, cache)
+    keep = 2
+    cache.crop(cache.length - cont.numel() + keep)
+    _, _, ref = model.prefill(text, prompt)
+    model(cont[:keep], ref)
+    assert cache.length == ref.length
+    n = ref.length
+    torch.testing.assert_close(cache.k[:, :, :n], ref.k[:, :, :n])
+    torch.testing.assert_close(cache.v[:, :, :n], ref.v[:, :, :n])
+    nxt = torch.tensor([3])
+    torch.testing.assert_close(model(nxt, cache)[0], model(nxt, ref)[0], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_tree_mask_and_keep_commit_a_path() -> None:
+    """Two branches in one forward with a tree mask; keeping one branch equals running it alone."""
+    model = _model()
+    text, prompt, _ = _inputs()
+    # nodes: 0=a, 1=b (child of a), 2=c (child of a); positions = depth after the prefix
+    tokens = torch.tensor([5, 9, 11])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    _, _, cache = model.prefill(text, prompt)
+    base = cache.length
+    pos = cache.speech_len + torch.tensor([0, 1, 1])
+    tree_logits, _ = model(tokens, cache, positions=pos, tree_mask=mask)
+    _, _, ref = model.prefill(text, prompt)
+    chain_logits, _ = model(torch.tensor([5, 11]), ref)
+    torch.testing.assert_close(tree_logits[[0, 2]], chain_logits, rtol=1e-4, atol=1e-5)
+    cache.keep(torch.cat([torch.arange(base), torch.tensor([base, base + 2])]))
+    assert cache.length == ref.length
+    torch.testing.assert_close(cache.k[:, :, : ref.length], ref.k[:, :, : ref.length])
+    torch.testing.assert_close(model(torch.tensor([7]), cache)[0], model(torch.tensor([7]), ref)[0], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_cache_grows_beyond_capacity() -> None:
+    model = _model()
+    text, prompt, cont = _inputs()
+    _, _, cache = model.prefill(text, prompt, capacity=1)
+    for tok in cont:
+        model(tok.view(1), cache)
+    assert cache.capacity >= cache.length == text.numel() + 1 + prompt.numel() + cont.numel()
+
+
+def test_export_and_load_roundtrip(tmp_path) -> None:
+    model = _model()
+    path = tmp_path / "m.pt"
+    export_model(model, path, codec_id="c", meta={"role": "target"}, half=False)
+    loaded, obj = load_lm(path)
+    assert obj["codec_id"] == "c"
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_load_rejects_wrong_kind_and_missing(tmp_path) -> None:
+    torch.save({"kind": "kmeans-mel", "centroids": torch.zeros(2, 2)}, tmp_path / "codec.pt")
+    with pytest.raises(ModelError, match="kmeans-mel"):
+        load_lm(tmp_path / "codec.pt")
+    with pytest.raises(ModelError, match="not found"):
+        load_lm(tmp_path / "nope.pt")
+
+
+def test_shipped_codec_and_model_agree() -> None:
+    """The shipped model was trained on the shipped codec (ids match)."""
+    from specbench.assets import resolve_path
+    from specbench.codec import load_codec
+
+    if not resolve_path("builtin:target-small").is_file():
+        pytest.skip("shipped model not built yet (make assets)")
+    codec = load_codec("kmeans-mel", "builtin:kmeans-mel-1024")
+    model, obj = load_lm("builtin:target-small")
+    assert obj["codec_id"] == codec.id
+    assert model.cfg.speech_vocab == codec.vocab_size
