@@ -107,6 +107,20 @@ def report(target: Annotated[Path, typer.Argument(help="Run folder (or recipe YA
     run_recipe(_recipe_or_run(target, set_), steps=("report",), log=console.print)
 
 
+@app.command()
+@friendly
+def bench(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML; its first decoder is the baseline.")],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the tables as Markdown here.")] = None,
+) -> None:
+    """Time the recipe's decoders in one process (profiled forwards, loop overhead, verify cost); no scoring."""
+    from specbench.bench.speed import run_bench
+    from specbench.config import load_recipe
+
+    run_bench(load_recipe(recipe, set_), out, console)
+
+
 @prepare_app.command("libritts")
 @friendly
 def prepare_libritts(

@@ -7,6 +7,7 @@ becomes a one-line :class:`~specbench.errors.ConfigError` naming the key and the
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -187,6 +188,31 @@ class RunConfig(Strict):
     @classmethod
     def _v_device(cls, v: str) -> str:
         return _check_device(v)
+
+    @field_validator("decoders", mode="before")
+    @classmethod
+    def _expand_sweeps(cls, v: Any) -> Any:
+        """A decoder entry with ``sweep: {key: [values...]}`` becomes one decoder per grid point,
+        named ``<name>_<key><value>...`` (e.g. ``ssd_gamma3_beta0.4``)."""
+        if not isinstance(v, list):
+            return v
+        out: list[Any] = []
+        for entry in v:
+            if not (isinstance(entry, dict) and "sweep" in entry):
+                out.append(entry)
+                continue
+            grid = entry["sweep"]
+            if not isinstance(grid, dict) or not grid or not all(isinstance(vals, list) and vals for vals in grid.values()):
+                raise ValueError("sweep must map decoder keys to non-empty lists, e.g. sweep: {gamma: [1, 2, 3]}")
+            unknown = sorted(set(grid) - set(DecoderConfig.model_fields) - {"sweep"})
+            if unknown or "name" in grid:
+                raise ValueError(f"sweep over unknown or unsweepable key(s) {unknown or ['name']}")
+            base = {k: val for k, val in entry.items() if k != "sweep"}
+            for point in itertools.product(*grid.values()):
+                values = dict(zip(grid, point, strict=True))
+                suffix = "_".join(f"{k}{val:g}" if isinstance(val, float) else f"{k}{val}" for k, val in values.items())
+                out.append({**base, **values, "name": f"{base.get('name', 'decoder')}_{suffix}"})
+        return out
 
     @field_validator("decoders")
     @classmethod

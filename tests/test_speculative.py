@@ -85,3 +85,21 @@ def test_sampled_speculative_is_reproducible() -> None:
     a, _ = generate(target, TEXT, PROMPT, s, 50, torch.Generator().manual_seed(9), DraftChainProposer(draft), exact, 3)
     b, _ = generate(target, TEXT, PROMPT, s, 50, torch.Generator().manual_seed(9), DraftChainProposer(draft), exact, 3)
     assert a.tolist() == b.tolist()
+
+
+def test_draft_cache_after_rollback_equals_rerun_of_accepted_prefix() -> None:
+    """After many accept/reject rounds, the draft's cache equals a fresh run over the emitted tokens."""
+    target, draft = _models()
+    proposer = DraftChainProposer(draft)
+    toks, st = generate(target, TEXT, PROMPT, Sampling(temperature=1.0), 45, torch.Generator().manual_seed(2), proposer, exact, 4)
+    assert 0 < st.accepted < st.proposed  # both branches of the rollback ran
+    consumed = toks.numel() - len(proposer.pending)
+    # the emitted token that ended the round (or the cap) may be beyond the last pending one
+    consumed = min(consumed, proposer.cache.speech_len - PROMPT.numel())
+    with torch.no_grad():
+        _, _, ref = draft.prefill(TEXT, PROMPT)
+        draft(toks[:consumed], ref)
+    n = ref.length
+    assert proposer.cache.length >= n
+    torch.testing.assert_close(proposer.cache.k[:, :, :n], ref.k[:, :, :n], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(proposer.cache.v[:, :, :n], ref.v[:, :, :n], rtol=1e-4, atol=1e-5)

@@ -36,6 +36,18 @@ SPEED_COLS = [
     "call_speedup",
 ]
 QUALITY_COLS = ["wer", "cer", "sim", "sim_other"]
+PARAM_COLS = ["rule", "gamma", "beta"]
+
+
+def accept_curve(d: pd.DataFrame) -> str:
+    """``accept_at_pos[i]`` = Σ rounds whose i-th draft was accepted / Σ verify rounds, as 'a/b/c'."""
+    lists = [x for x in d["accept_at_pos"] if isinstance(x, list) and x]
+    if not lists:
+        return ""
+    width = max(len(x) for x in lists)
+    totals = [sum(x[i] for x in lists if i < len(x)) for i in range(width)]
+    rounds = max(1, int(d.loc[d["proposed"] > 0, "target_calls"].sum()))
+    return "/".join(f"{t / rounds:.2f}" for t in totals)
 
 
 def load_frame(out: Path, scorer: str | None) -> pd.DataFrame:
@@ -77,6 +89,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         d = dec[dec["decoder"] == name]
         u = per_utt[per_utt["decoder"] == name]
         row: dict[str, Any] = {"decoder": name, "kind": "decoder", "n": int(d["utt_id"].nunique()), "repeats": int(d["repeat"].nunique())}
+        for p in PARAM_COLS:
+            if p in d and d[p].notna().any():
+                row[p] = d[p].dropna().iloc[0]
+        if "accept_at_pos" in d and d["proposed"].sum():
+            row["accept_at_pos"] = accept_curve(d)
         row["tokens"] = u["tokens"].mean()
         row["target_calls"] = u["target_calls"].mean()
         row["mean_accepted_len"] = d["tokens"].sum() / max(1, d["rounds"].sum())
@@ -100,7 +117,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     for name in list(dict.fromkeys(df.loc[df["kind"] == "reference", "decoder"])):
         d = df[df["decoder"] == name]
         rows.append({"decoder": name, "kind": "reference", "n": int(d["utt_id"].nunique()), "repeats": 1, **_quality(d)})
-    cols = ["decoder", "kind", "n", "repeats", *SPEED_COLS, "tokens_per_s_std", *QUALITY_COLS]
+    cols = ["decoder", "kind", *PARAM_COLS, "n", "repeats", *SPEED_COLS, "tokens_per_s_std", *QUALITY_COLS, "accept_at_pos"]
     table = pd.DataFrame(rows)
     return table.reindex(columns=[c for c in cols if c in table.columns])
 

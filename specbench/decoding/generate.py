@@ -32,12 +32,15 @@ def generate(
     proposer: DraftChainProposer | None = None,
     rule: ChainRule | None = None,
     gamma: int = 0,
+    profile: bool = False,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """Decode speech tokens after ``[text][SEP][prompt]`` until EOS or ``max_tokens``.
 
     Returns the generated tokens (EOS excluded, on CPU) and their :class:`DecodeStats`; a round counts
     when it emits at least one speech token (the prefill's first token is round 1), so the baseline's
-    mean accepted length is exactly 1. All randomness comes from ``generator``.
+    mean accepted length is exactly 1. All randomness comes from ``generator``. ``profile`` also
+    times every target forward and every proposal (with device sync), so that the loop's own
+    overhead = loop_seconds − target_seconds − draft_seconds can be reported (benchmarks only).
     """
     if (proposer is None) != (rule is None) or (proposer is not None and gamma < 1):
         raise ValueError("a proposer needs an acceptance rule and gamma >= 1 (and the baseline neither)")
@@ -66,13 +69,19 @@ def generate(
     while not stats.hit_eos and len(out) < max_tokens:
         if proposer is None:
             step.fill_(last)
+            ta = _tick(profile, device)
             logits, _ = target(step, cache)
+            stats.target_seconds += _tick(profile, device) - ta
             stats.target_calls += 1
             emitted = [next_token(logits[-1], sampling, generator)]
         else:
+            ta = _tick(profile, device)
             drafts, q = proposer.propose(gamma, sampling, generator)
+            tb = _tick(profile, device)
             feed = torch.cat([torch.tensor([last], dtype=torch.long, device=device), drafts])
             logits, _ = target(feed, cache)
+            stats.target_seconds += _tick(profile, device) - tb
+            stats.draft_seconds += tb - ta
             stats.target_calls += 1
             verdict = rule(warp(logits, sampling), q, drafts, generator)  # type: ignore[misc]
             n = verdict.accepted
@@ -103,3 +112,11 @@ def generate(
     if proposer is not None:
         stats.draft_calls = proposer.calls
     return torch.tensor(out, dtype=torch.long), stats
+
+
+def _tick(profile: bool, device: torch.device) -> float:
+    """A synchronised timestamp when profiling (0.0 otherwise, so the sums stay 0)."""
+    if not profile:
+        return 0.0
+    synchronize(device)
+    return time.perf_counter()

@@ -23,6 +23,8 @@ class DecodeStats:
     accepted: int = 0
     accept_at_pos: list[int] = field(default_factory=list)
     draft_calls: int = 0
+    target_seconds: float = 0.0
+    draft_seconds: float = 0.0
     prefill_seconds: float = 0.0
     loop_seconds: float = 0.0
     hit_eos: bool = False

@@ -1,0 +1,127 @@
+"""``specbench bench``: speed of every decoder of a recipe in ONE process, as ratios to the baseline.
+
+Not a test (timings are noisy here); run it with ``make bench``. Every decoder decodes the same
+utterances with the same seeds, interleaved per utterance, ``repeats`` times; per-utterance medians are
+then compared. With profiling on, each target forward and each proposal is timed with device sync, so
+the report also gives the draft cost ratio c = (draft seconds / draft call) ÷ (target seconds / target
+call of the baseline) and the loop's own overhead = 1 − (target + draft seconds) / loop seconds.
+A second table times one target forward over n new tokens (the verify step) relative to n = 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from specbench.bench.runner import PromptCache, decode_one, load_models, resolve_manifest, select_items, text_tokens, token_budget
+from specbench.config import RunConfig
+from specbench.decoding.generate import generate
+from specbench.decoding.sampling import Sampling
+from specbench.device import synchronize
+from specbench.jsonl import write_text_atomic
+
+
+def _profiled(m: Any, d: Any, text: torch.Tensor, prompt: torch.Tensor, s: Sampling, budget: int, seed: int):
+    from specbench.decoding.acceptance import build_rule
+    from specbench.decoding.proposers import DraftChainProposer
+
+    gen = torch.Generator(device=m.device).manual_seed(seed)
+    if d.method == "baseline":
+        return generate(m.target, text, prompt, s, budget, gen, profile=True)
+    return generate(m.target, text, prompt, s, budget, gen, DraftChainProposer(m.drafts[d.draft]), build_rule(d.rule, d.beta), d.gamma, profile=True)
+
+
+def verify_cost(m: Any, text: torch.Tensor, prompt: torch.Tensor, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 30) -> dict[int, float]:
+    """Median seconds of one target forward over n new tokens on a prefilled cache, per n."""
+    out: dict[int, float] = {}
+    with torch.inference_mode():
+        _, _, cache = m.target.prefill(text.to(m.device), prompt.to(m.device), capacity=text.numel() + prompt.numel() + 64)
+        base = cache.length
+        for n in sizes:
+            toks = torch.arange(n, device=m.device) % m.target.cfg.speech_vocab
+            times = []
+            for _ in range(reps):
+                synchronize(m.device)
+                t0 = time.perf_counter()
+                m.target(toks, cache)
+                synchronize(m.device)
+                times.append(time.perf_counter() - t0)
+                cache.crop(base)
+            out[n] = statistics.median(times)
+    return out
+
+
+def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | None = None) -> pd.DataFrame:
+    """Time every decoder of ``cfg`` (no scoring, nothing written but the optional Markdown table)."""
+    console = console or Console()
+    out = cfg.resolved_output_dir()
+    manifest = resolve_manifest(cfg, out, console.print)
+    items = select_items(manifest.utterances, cfg.corpus.limit)
+    m = load_models(cfg)
+    prompts = PromptCache(manifest, m.codec, cfg.corpus.prompt_seconds, out)
+    s = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+    for d in cfg.decoders:  # warm-up, discarded
+        decode_one(m, d, text_tokens(items[0]), prompts.tokens(items[0]), s, 40, 0)
+    rows = []
+    for rep in range(cfg.repeats):
+        for i, u in enumerate(items):
+            text, prompt = text_tokens(u), prompts.tokens(u)
+            for d in cfg.decoders:
+                _, st = _profiled(m, d, text, prompt, s, token_budget(cfg, text.numel()), cfg.seed + 1000 * rep + i)
+                rows.append({"decoder": d.name, "utt": u.utt_id, "rep": rep, **st.to_row()})
+    df = pd.DataFrame(rows)
+    per = df.groupby(["decoder", "utt"], sort=False).median(numeric_only=True).reset_index()
+    base = cfg.decoders[0].name
+    b = per[per["decoder"] == base].set_index("utt")
+    t_step = b["target_seconds"].sum() / max(1, b["target_calls"].sum())
+    table = []
+    for d in cfg.decoders:
+        x = per[per["decoder"] == d.name].set_index("utt")
+        dd = df[df["decoder"] == d.name]
+        draft_step = dd["draft_seconds"].sum() / dd["draft_calls"].sum() if dd["draft_calls"].sum() else None
+        table.append(
+            {
+                "decoder": d.name,
+                "tokens_per_s": x["tokens_per_s"].mean(),
+                "speedup": x["tokens_per_s"].mean() / b["tokens_per_s"].mean(),
+                "latency_speedup": b["lm_seconds"].sum() / x["lm_seconds"].sum(),
+                "call_speedup": b["target_calls"].sum() / max(1, x["target_calls"].sum()),
+                "mean_accepted_len": dd["tokens"].sum() / dd["rounds"].sum(),
+                "draft_accept_rate": dd["accepted"].sum() / dd["proposed"].sum() if dd["proposed"].sum() else None,
+                "target_ms_per_call": 1000 * dd["target_seconds"].sum() / dd["target_calls"].sum(),
+                "draft_cost_c": draft_step / t_step if draft_step else None,
+                "loop_overhead": 1 - (dd["target_seconds"].sum() + dd["draft_seconds"].sum()) / dd["loop_seconds"].sum(),
+            }
+        )
+    summary = pd.DataFrame(table)
+    vc = verify_cost(m, text_tokens(items[0]), prompts.tokens(items[0]))
+    verify = pd.DataFrame([{"new_tokens": n, "ms": 1000 * t, "cost_vs_1": t / vc[1]} for n, t in vc.items()])
+    _print(console, summary, "decoders (ratios vs " + base + ")")
+    _print(console, verify, "one target forward over n new tokens")
+    if out_md:
+        dev = str(m.device) if m.device.type == "cpu" else torch.cuda.get_device_name(m.device)
+        text = (
+            f"- device: {dev} | torch {torch.__version__} | threads {torch.get_num_threads()} | utterances {len(items)} x repeats {cfg.repeats}\n\n"
+            + summary.to_markdown(index=False, floatfmt=".3f")
+            + "\n\n"
+            + verify.to_markdown(index=False, floatfmt=".3f")
+            + "\n"
+        )
+        write_text_atomic(out_md, text)
+    return summary
+
+
+def _print(console: Console, df: pd.DataFrame, title: str) -> None:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c, justify="left" if c == "decoder" else "right")
+    for _, r in df.iterrows():
+        t.add_row(*("" if v is None or (isinstance(v, float) and pd.isna(v)) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r))
+    console.print(t)
