@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := espeak-ng fortunes
 
-.PHONY: setup system venv test quickstart lint assets corpus codec target-model clean-runs
+.PHONY: setup system venv test quickstart lint bench assets corpus codec target-model draft-model clean-runs
 
 setup: system venv
 
@@ -35,8 +35,13 @@ quickstart:
 lint:
 	$(BIN)/ruff check specbench tests
 
-# Rebuild the shipped files from scratch: corpus (~3 min), codec (~1 min), target model (~100 min on 2 CPU cores).
-assets: corpus codec target-model
+# Speed of baseline vs SD vs SSD in one process (ratios, loop overhead, verify cost); not a test.
+bench:
+	$(BIN)/specbench bench recipes/bench.yaml --out results/bench-cpu.md
+
+# Rebuild the shipped files from scratch: corpus (~3 min), codec (~1 min), target model (~75 min on
+# 2 CPU cores), SSD draft (~10 min).
+assets: corpus codec target-model draft-model
 
 corpus:
 	$(BIN)/specbench prepare synthetic --out data/synthetic
@@ -47,6 +52,10 @@ codec:
 target-model:
 	$(BIN)/specbench train target --config configs/train/target-small.yaml
 	cp runs/train/target-small/model.pt specbench/assets/target-small.pt
+
+draft-model:
+	$(BIN)/specbench train draft --config configs/train/draft-ssd.yaml
+	cp runs/train/draft-ssd/model.pt specbench/assets/draft-ssd.pt
 
 clean-runs:
 	rm -rf runs/quickstart

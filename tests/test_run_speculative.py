@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import yaml
+from conftest import tiny_recipe
 from typer.testing import CliRunner
 
 from specbench.cli import app
-from conftest import tiny_recipe
 
 
 def test_speculative_decoders_in_a_run(tiny_assets, tmp_path) -> None:
