@@ -298,7 +298,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
             prompts.tokens(u)  # makes sure the prompt file exists for SIM
             ref_path = u.audio_path(manifest.root)
             if name == "ground_truth":
-                audio_rel, seconds = str(ref_path), float(u.duration)
+                audio_rel, seconds = str(ref_path.resolve()), float(u.duration)
             else:
                 wav, sr = read_audio(ref_path)
                 rt, rsr = m.codec.decode(m.codec.encode(wav, sr))

@@ -73,7 +73,9 @@ class MelFrontend:
         for _ in range(cfg.griffin_lim_iters):
             wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
             rebuilt = torch.stft(wav, cfg.n_fft, cfg.hop_length, window=self.window, return_complex=True, pad_mode=pad_mode)
-            accel = rebuilt - 0.99 * prev  # fast Griffin-Lim (Perraudin et al. 2013)
+            # fast Griffin-Lim (Perraudin et al. 2013): extrapolate c = t + a(t - t_prev), a = 0.99;
+            # up to the factor (1 + a), which the normalisation below removes, that is t - a/(1+a) t_prev
+            accel = rebuilt - (0.99 / 1.99) * prev
             prev = rebuilt
             angles = accel / accel.abs().clamp(min=1e-8)
         wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
