@@ -1,0 +1,1 @@
+"""Corpus manifests: local LibriTTS trees and the built-in synthetic corpus."""

@@ -1,0 +1,149 @@
+"""The built-in offline corpus: English sentences spoken by espeak-ng voices, in LibriTTS layout.
+
+Speakers are espeak-ng voice variants × two (pitch, rate) settings. Four speakers are held out for
+test (zero-shot: their variant is seen in training only with the other setting). Sentences come from
+Debian's fortunes (see :mod:`specbench.data.fortunes`) and are split so that train, dev and test never
+share a sentence. Everything is deterministic under ``seed``; files that exist are not synthesised again,
+so an interrupted prepare resumes.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from specbench.audio import read_audio, write_audio
+from specbench.data.fortunes import DEFAULT_FORTUNE_DIR, load_sentences
+from specbench.data.libritts import build_manifest
+from specbench.data.manifest import Manifest
+from specbench.errors import DataError, DependencyError
+from specbench.text import clean_phonemes, espeak_binary
+
+SAMPLE_RATE = 16000
+VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "klatt4")
+SETTINGS = {"lo": (35, 135), "hi": (65, 150)}  # name -> (espeak pitch, words per minute)
+TEST_SPEAKERS = ("f3hi", "m3lo", "klatt3hi", "m1lo")
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """One synthetic speaker: an espeak-ng voice variant at a fixed pitch and rate."""
+
+    speaker_id: str
+    variant: str
+    pitch: int
+    rate: int
+
+    @property
+    def voice(self) -> str:
+        return f"en-us+{self.variant}"
+
+
+def all_speakers() -> list[Speaker]:
+    """Every speaker of the grid, in a fixed order."""
+    return [Speaker(f"{v}{s}", v, p, r) for v in VARIANTS for s, (p, r) in SETTINGS.items()]
+
+
+def split_speakers() -> tuple[list[Speaker], list[Speaker]]:
+    """(train speakers, held-out test speakers)."""
+    spk = all_speakers()
+    return [s for s in spk if s.speaker_id not in TEST_SPEAKERS], [s for s in spk if s.speaker_id in TEST_SPEAKERS]
+
+
+@dataclass(frozen=True)
+class Item:
+    utt_id: str
+    speaker: Speaker
+    text: str
+
+
+def plan_items(sentences: list[str], n_train: int, n_dev: int, n_test_per_speaker: int, seed: int) -> dict[str, list[Item]]:
+    """Assign disjoint sentence sets to splits and a speaker to each sentence (seeded)."""
+    train_spk, test_spk = split_speakers()
+    n_test = n_test_per_speaker * len(test_spk)
+    need = n_train + n_dev + n_test
+    if len(sentences) < need:
+        raise DataError(f"only {len(sentences)} usable sentences for {need} requested: lower --n-train")
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    rng = random.Random(seed + 1)
+    test_idx, dev_idx, train_idx = order[:n_test], order[n_test : n_test + n_dev], order[n_test + n_dev : need]
+
+    def make(split: str, idx: list[int], speakers: list[Speaker], round_robin: bool) -> list[Item]:
+        items = []
+        for j, si in enumerate(idx):
+            spk = speakers[j % len(speakers)] if round_robin else rng.choice(speakers)
+            items.append(Item(f"{spk.speaker_id}_{split}_{j:06d}_000000", spk, sentences[si]))
+        return items
+
+    return {
+        "train": make("train", train_idx, train_spk, round_robin=False),
+        "dev": make("dev", dev_idx, train_spk, round_robin=True),
+        "test": make("test", test_idx, test_spk, round_robin=True),
+    }
+
+
+def synthesize(item: Item, wav_path: Path) -> str:
+    """Speak ``item`` with espeak-ng, write 16 kHz mono PCM to ``wav_path``, return its phonemes."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        proc = subprocess.run(
+            [espeak_binary(), "-x", "-v", item.speaker.voice, "-s", str(item.speaker.rate), "-p", str(item.speaker.pitch), "-w", tmp.name, "--", item.text],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise DependencyError(f"espeak-ng failed for voice {item.speaker.voice}: {proc.stderr.strip()}")
+        wav, _ = read_audio(tmp.name, target_sr=SAMPLE_RATE)
+    write_audio(wav_path, wav, SAMPLE_RATE)
+    return clean_phonemes(proc.stdout)
+
+
+def _write_item(split_dir: Path, item: Item) -> None:
+    chapter = item.utt_id.split("_")[1]
+    folder = split_dir / item.speaker.speaker_id / chapter
+    wav = folder / f"{item.utt_id}.wav"
+    side = folder / f"{item.utt_id}.phonemes.txt"
+    if wav.is_file() and side.is_file():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    phonemes = synthesize(item, wav)
+    (folder / f"{item.utt_id}.normalized.txt").write_text(item.text + "\n", encoding="utf-8")
+    (folder / f"{item.utt_id}.original.txt").write_text(item.text + "\n", encoding="utf-8")
+    side.write_text(phonemes + "\n", encoding="utf-8")  # written last: marks the item complete
+
+
+def prepare_synthetic(
+    out_dir: str | Path,
+    *,
+    splits: tuple[str, ...] = ("train", "dev", "test"),
+    n_train: int = 9500,
+    n_dev: int = 160,
+    n_test_per_speaker: int = 60,
+    seed: int = 0,
+    workers: int = 2,
+    fortune_dir: Path = DEFAULT_FORTUNE_DIR,
+) -> dict[str, Manifest]:
+    """Synthesise the requested splits under ``out_dir/<split>/`` and write ``out_dir/<split>.jsonl``."""
+    espeak_binary()
+    out = Path(out_dir)
+    plan = plan_items(load_sentences(fortune_dir), n_train, n_dev, n_test_per_speaker, seed)
+    unknown = [s for s in splits if s not in plan]
+    if unknown:
+        raise DataError(f"unknown split(s) {unknown}: choose from train, dev, test")
+    manifests: dict[str, Manifest] = {}
+    for split in splits:
+        items = plan[split]
+        split_dir = out / split
+        with Progress(transient=True) as progress, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            task = progress.add_task(f"synthesising {split}", total=len(items))
+            for _ in pool.map(lambda it: _write_item(split_dir, it), items):
+                progress.advance(task)
+        manifests[split] = build_manifest(out, split, out / f"{split}.jsonl", seed=seed, workers=workers)
+    return manifests
