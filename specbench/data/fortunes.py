@@ -46,9 +46,7 @@ def keep_sentence(sentence: str, min_words: int = 5, max_words: int = 20) -> boo
 def load_sentences(fortune_dir: Path = DEFAULT_FORTUNE_DIR, min_words: int = 5, max_words: int = 20) -> list[str]:
     """Distinct filtered sentences from every plain (non-offensive) fortune file, in a stable order."""
     if not fortune_dir.is_dir():
-        raise DependencyError(
-            f"fortune data not found at {fortune_dir}: install it with `apt-get install fortunes` (make setup does)"
-        )
+        raise DependencyError(f"fortune data not found at {fortune_dir}: install it with `apt-get install fortunes` (make setup does)")
     seen: set[str] = set()
     out: list[str] = []
     for path in sorted(fortune_dir.iterdir()):

@@ -9,6 +9,7 @@ so an interrupted prepare resumes.
 
 from __future__ import annotations
 
+import functools
 import random
 import subprocess
 import tempfile
@@ -143,7 +144,7 @@ def prepare_synthetic(
         split_dir = out / split
         with Progress(transient=True) as progress, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             task = progress.add_task(f"synthesising {split}", total=len(items))
-            for _ in pool.map(lambda it: _write_item(split_dir, it), items):
+            for _ in pool.map(functools.partial(_write_item, split_dir), items):
                 progress.advance(task)
         manifests[split] = build_manifest(out, split, out / f"{split}.jsonl", seed=seed, workers=workers)
     return manifests
