@@ -61,6 +61,8 @@ def verify_cost(m: Any, text: torch.Tensor, prompt: torch.Tensor, sizes: tuple[i
 def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | None = None) -> pd.DataFrame:
     """Time every decoder of ``cfg`` (no scoring, nothing written but the optional Markdown table)."""
     console = console or Console()
+    if not console.is_terminal:  # logs and CI: do not squeeze the tables into 80 columns
+        console = Console(width=200)
     out = cfg.resolved_output_dir()
     manifest = resolve_manifest(cfg, out, console.print)
     items = select_items(manifest.utterances, cfg.corpus.limit)
@@ -102,7 +104,7 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
         )
     summary = pd.DataFrame(table)
     vc = verify_cost(m, text_tokens(items[0]), prompts.tokens(items[0]))
-    verify = pd.DataFrame([{"new_tokens": n, "ms": 1000 * t, "cost_vs_1": t / vc[1]} for n, t in vc.items()])
+    verify = pd.DataFrame([{"new_tokens": str(n), "ms": 1000 * t, "cost_vs_1": t / vc[1]} for n, t in vc.items()])
     _print(console, summary, "decoders (ratios vs " + base + ")")
     _print(console, verify, "one target forward over n new tokens")
     if out_md:
