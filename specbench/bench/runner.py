@@ -188,13 +188,13 @@ def load_models(cfg: RunConfig) -> Models:
     return Models(codec, target, ckpt, device, drafts)
 
 
-def decode_one(m: Models, d: DecoderConfig, text: torch.Tensor, prompt: torch.Tensor, sampling: Sampling, max_tokens: int, seed: int):
-    """Run decoder ``d`` on one utterance with a fresh generator seeded by ``seed``."""
+def decode_one(m: Models, d: DecoderConfig, text: torch.Tensor, prompt: torch.Tensor, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
+    """Run decoder ``d`` on one utterance with a fresh generator seeded by ``seed`` (``profile``: see generate)."""
     gen = torch.Generator(device=m.device).manual_seed(seed)
     if d.method == "baseline":
-        return generate(m.target, text, prompt, sampling, max_tokens, gen)
+        return generate(m.target, text, prompt, sampling, max_tokens, gen, profile=profile)
     proposer = DraftChainProposer(m.drafts[d.draft or ""])
-    return generate(m.target, text, prompt, sampling, max_tokens, gen, proposer, build_rule(d.rule or "", d.beta), d.gamma)
+    return generate(m.target, text, prompt, sampling, max_tokens, gen, proposer, build_rule(d.rule or "", d.beta), d.gamma, profile=profile)
 
 
 class PromptCache:

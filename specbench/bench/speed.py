@@ -22,20 +22,9 @@ from rich.table import Table
 
 from specbench.bench.runner import PromptCache, decode_one, load_models, resolve_manifest, select_items, text_tokens, token_budget
 from specbench.config import RunConfig
-from specbench.decoding.generate import generate
 from specbench.decoding.sampling import Sampling
 from specbench.device import synchronize
 from specbench.jsonl import write_text_atomic
-
-
-def _profiled(m: Any, d: Any, text: torch.Tensor, prompt: torch.Tensor, s: Sampling, budget: int, seed: int):
-    from specbench.decoding.acceptance import build_rule
-    from specbench.decoding.proposers import DraftChainProposer
-
-    gen = torch.Generator(device=m.device).manual_seed(seed)
-    if d.method == "baseline":
-        return generate(m.target, text, prompt, s, budget, gen, profile=True)
-    return generate(m.target, text, prompt, s, budget, gen, DraftChainProposer(m.drafts[d.draft]), build_rule(d.rule, d.beta), d.gamma, profile=True)
 
 
 def verify_cost(m: Any, text: torch.Tensor, prompt: torch.Tensor, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 30) -> dict[int, float]:
@@ -76,7 +65,7 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
         for i, u in enumerate(items):
             text, prompt = text_tokens(u), prompts.tokens(u)
             for d in cfg.decoders:
-                _, st = _profiled(m, d, text, prompt, s, token_budget(cfg, text.numel()), cfg.seed + 1000 * rep + i)
+                _, st = decode_one(m, d, text, prompt, s, token_budget(cfg, text.numel()), cfg.seed + 1000 * rep + i, profile=True)
                 rows.append({"decoder": d.name, "utt": u.utt_id, "rep": rep, **st.to_row()})
     df = pd.DataFrame(rows)
     per = df.groupby(["decoder", "utt"], sort=False).median(numeric_only=True).reset_index()
