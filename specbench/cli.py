@@ -121,6 +121,42 @@ def bench(
     run_bench(load_recipe(recipe, set_), out, console)
 
 
+@app.command("calibrate-tree")
+@friendly
+def calibrate_tree_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe giving corpus (use a held-out split, e.g. dev), codec, model and sampling.")],
+    heads: Annotated[str, typer.Option(help="Heads checkpoint (from `specbench train heads`).")],
+    budget: Annotated[list[int], typer.Option(help="Node budget (repeatable): one tree file per budget.")],
+    rule: Annotated[str, typer.Option(help="greedy | tolerance | typical | exact")] = "tolerance",
+    tau: Annotated[int, typer.Option(min=1, help="τ of the tolerance rule.")] = 3,
+    tolerance: Annotated[str, typer.Option(help="sample | top (tolerance variant).")] = "sample",
+    max_rank: Annotated[int, typer.Option(min=1, help="Candidates per head considered.")] = 8,
+    out_dir: Annotated[Path, typer.Option(help="Where the tree files go.")] = Path("runs/trees"),
+    name: Annotated[str, typer.Option(help="File name prefix: <name>-<budget>.json.")] = "vadusa",
+    set_: SetOpt = None,
+) -> None:
+    """Measure each head's per-rank acceptance and grow sparse trees by expected accepted length."""
+    from specbench.bench.calibrate_tree import calibrate_tree
+    from specbench.config import load_recipe
+
+    if tolerance not in ("sample", "top"):
+        from specbench.errors import ConfigError
+
+        raise ConfigError(f"--tolerance must be sample or top, not '{tolerance}'")
+    calibrate_tree(
+        load_recipe(recipe, set_),
+        heads,
+        rule=rule,
+        tau=tau,
+        tolerance=tolerance,
+        budgets=budget,
+        max_rank=max_rank,
+        out_dir=out_dir,
+        name=name,
+        console=console,
+    )
+
+
 @prepare_app.command("libritts")
 @friendly
 def prepare_libritts(
@@ -201,6 +237,85 @@ def train_draft_cmd(
     train_lm(cfg, resume=resume, log=console.print)
 
 
+@train_app.command("heads")
+@friendly
+def train_heads_cmd(
+    config: Annotated[Path | None, typer.Option(help="YAML config (see configs/train/heads*.yaml).")] = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT_DIR/last.pt.")] = False,
+) -> None:
+    """Train Medusa-style draft heads (VADUSA) on a target: frozen backbone (default) or joint fine-tuning."""
+    from specbench.config import TrainHeadsConfig, load_config
+    from specbench.models.train_heads import train_heads
+
+    cfg = load_config(TrainHeadsConfig, config, set_)
+    train_heads(cfg, resume=resume, log=console.print)
+
+
+@app.command("build-groups")
+@friendly
+def build_groups_cmd(
+    model: Annotated[str, typer.Option(help="Codec-LM checkpoint whose table defines the groups (builtin:NAME or a path).")] = "builtin:target-small",
+    theta: Annotated[float, typer.Option(help="Cosine threshold θ: G_k = {t : cos(E_k, E_t) > θ} ∪ {k}; θ ≥ 1 gives singletons.")] = 0.45,
+    source: Annotated[str, typer.Option(help="Table: input (token embeddings of the output tokens) or output (head rows).")] = "input",
+    weighting: Annotated[str, typer.Option(help="Split of a token shared by groups: uniform (1/|S(t)|) or cosine.")] = "uniform",
+    out: Annotated[Path | None, typer.Option(help="Save the groups here (a 'groups' file).")] = None,
+    random_vocab: Annotated[int | None, typer.Option(help="Build on a random N×D table instead of a model (scale measurement).")] = None,
+    dim: Annotated[int | None, typer.Option(help="D of the random table (with --random-vocab; default 1024).")] = None,
+    chunk: Annotated[int | None, typer.Option(help="Rows scored per block (default: a block of ~16 M scores).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random table.")] = 0,
+) -> None:
+    """Build PCG Acoustic Similarity Groups from a model's embedding table and print their statistics."""
+    import resource
+
+    import torch
+    from rich.table import Table
+
+    from specbench.decoding.groups import build_groups, model_table
+    from specbench.errors import ConfigError
+
+    if source not in ("input", "output"):
+        raise ConfigError(f"unknown --source '{source}': use input or output")
+    if random_vocab is None and dim is not None:
+        raise ConfigError("--dim only applies with --random-vocab N: add --random-vocab or drop --dim")
+    if random_vocab is not None:
+        d = 1024 if dim is None else dim
+        if random_vocab < 1 or d < 1:
+            raise ConfigError(f"--random-vocab and --dim must be >= 1, got {random_vocab} and {d}")
+        table, special, what, src = torch.randn(random_vocab, d, generator=torch.Generator().manual_seed(seed)), [], f"random {random_vocab}×{d}", "random"
+    else:
+        from specbench.models.lm_io import load_lm
+
+        lm, _ = load_lm(model)
+        table, special, what, src = model_table(lm, source), [lm.cfg.eos], f"{model} ({source} table)", source  # type: ignore[arg-type]
+    # ru_maxrss is a high-water mark (KiB on Linux): its growth across the build is the build's peak
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    groups = build_groups(table, theta, special=special, weighting=weighting, chunk=chunk, source=src)  # type: ignore[arg-type]
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    st = groups.stats()
+    grid = Table(show_header=True, header_style="bold", title=f"groups of {what}, θ={theta:g}, {weighting}")
+    grid.add_column("stat")
+    grid.add_column("value", justify="right")
+    rows = [
+        ("vocabulary", f"{st['vocab']}"),
+        ("mean group size", f"{st['mean_size']:.3f}"),
+        ("median group size", f"{st['median_size']:g}"),
+        ("max group size", f"{st['max_size']}"),
+        ("coverage (|G_k| > 1)", f"{100 * st['coverage']:.1f}%"),
+        ("nnz", f"{st['nnz']}"),
+        ("stored MB", f"{st['memory_bytes'] / 2**20:.2f}"),
+        ("build seconds", f"{st['build_seconds']:.2f}"),
+        ("peak RSS increase MB", f"{max(0, rss_after - rss_before) / 1024:.1f}"),
+        ("peak RSS MB", f"{rss_after / 1024:.1f}"),
+    ]
+    for name, value in rows:
+        grid.add_row(name, value)
+    console.print(grid)
+    if out is not None:
+        groups.save(out)
+        console.print(f"groups → {out}")
+
+
 @app.command("list")
 @friendly
 def list_cmd() -> None:
@@ -231,6 +346,10 @@ def list_cmd() -> None:
         ", ".join(f"{k} ({', '.join(f'{a}={b}' for a, b in v.items() if a != 'method') or 'autoregressive'})" for k, v in METHOD_PRESETS.items()),
     )
     table.add_row("proposers / rules", f"{choices(DecoderConfig, 'proposer')} / {choices(DecoderConfig, 'rule')}")
+    from specbench.decoding.tree import BUILTIN_SHAPES, TREE_DIR
+
+    shipped_trees = [f"builtin:{p.stem}" for p in sorted(TREE_DIR.glob("*.json"))] if TREE_DIR.is_dir() else []
+    table.add_row("trees (heads-tree)", ", ".join([*BUILTIN_SHAPES, "chain-N", *shipped_trees]))
     table.add_row("codecs", ", ".join(CODEC_KINDS))
     table.add_row("ASR backends", choices(AsrConfig, "backend"))
     table.add_row("speaker backends", choices(SpeakerConfig, "backend"))

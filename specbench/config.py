@@ -88,25 +88,41 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {"method": "baseline"},
     "sd": {"method": "speculative", "proposer": "draft-chain", "rule": "exact", "gamma": 3},
     "ssd": {"method": "speculative", "proposer": "draft-chain", "rule": "beta", "gamma": 3, "beta": 0.4},
+    "vadusa": {"method": "speculative", "proposer": "heads-tree", "rule": "tolerance", "tau": 3, "tree": "builtin:vadusa-32"},
+    "pcg": {"method": "speculative", "proposer": "draft-chain", "rule": "group", "gamma": 3, "theta": 0.45},
 }
-RATIO_RULES = ("exact", "beta")  # assume candidates SAMPLED from the q passed with them
+RATIO_RULES = ("beta", "group")  # need candidates SAMPLED from the q passed with them (exact adapts, see below)
 
 
 class DecoderConfig(Strict):
     """One decoder row of a run: ``baseline`` (plain autoregressive) or ``speculative`` = proposer × rule.
 
-    ``preset`` fills method/proposer/rule/gamma/beta from :data:`METHOD_PRESETS`; keys given explicitly
-    win. ``draft`` is the draft model checkpoint of a ``draft-chain`` proposer.
+    Proposers: ``draft-chain`` (a draft model, ``draft``), ``heads-chain`` / ``heads-tree`` (draft heads,
+    ``heads``; the tree shape is ``tree``). Rules: ``exact`` (q-ratio for sampled candidates,
+    sample-and-match for deterministic ones: lossless either way), ``greedy``, ``beta`` (SSD),
+    ``tolerance`` (VADUSA, ``tau`` and ``tolerance: sample|top``), ``typical`` (Medusa) and ``group``
+    (PCG, ``theta``). ``preset`` fills the fields of :data:`METHOD_PRESETS`; keys given explicitly win.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
-    preset: Literal["baseline", "sd", "ssd"] | None = None
+    preset: Literal["baseline", "sd", "ssd", "vadusa", "pcg"] | None = None
     method: Literal["baseline", "speculative"] = "baseline"
-    proposer: Literal["draft-chain"] | None = None
-    rule: Literal["exact", "greedy", "beta"] | None = None
+    proposer: Literal["draft-chain", "heads-chain", "heads-tree"] | None = None
+    rule: Literal["exact", "greedy", "beta", "tolerance", "typical", "group"] | None = None
     gamma: int = Field(default=3, ge=1, le=64)
     beta: float = Field(default=0.0, ge=0)
+    tau: int = Field(default=3, ge=1, le=64)
+    tolerance: Literal["sample", "top"] = "sample"
+    typical_eps: float = Field(default=0.09, gt=0, le=1)
+    typical_delta: float = Field(default=0.3, gt=0)
+    theta: float = Field(default=0.45, ge=-1)
+    group_source: Literal["input", "output"] = "input"
+    group_weighting: Literal["uniform", "cosine"] = "uniform"
+    group_residual: Literal["thinning", "exact"] = "thinning"
     draft: str | None = None
+    heads: str | None = None
+    tree: str | None = None
+    candidates: Literal["topk", "sample"] = "topk"
 
     @model_validator(mode="before")
     @classmethod
@@ -115,25 +131,50 @@ class DecoderConfig(Strict):
             return {**METHOD_PRESETS[data["preset"]], **data}
         return data
 
+    @property
+    def sampled(self) -> bool:
+        """Are the candidates drawn from the q they carry (so ratio rules are valid)?"""
+        return self.proposer == "draft-chain" or (self.proposer == "heads-chain" and self.candidates == "sample")
+
     @model_validator(mode="after")
     def _consistent(self) -> DecoderConfig:
+        where = f"decoder '{self.name}'"
         if self.method == "baseline":
-            if self.proposer or self.rule or self.draft:
-                raise ValueError(f"decoder '{self.name}': a baseline takes no proposer, rule or draft (use method: speculative)")
+            if self.proposer or self.rule or self.draft or self.heads:
+                raise ValueError(f"{where}: a baseline takes no proposer, rule, draft or heads (use method: speculative)")
             return self
         if not self.proposer or not self.rule:
-            raise ValueError(f"decoder '{self.name}': method speculative needs a proposer and a rule (or preset: sd|ssd)")
+            raise ValueError(f"{where}: method speculative needs a proposer and a rule (or preset: sd|ssd|vadusa|pcg)")
         if self.proposer == "draft-chain" and not self.draft:
-            raise ValueError(f"decoder '{self.name}': the draft-chain proposer needs draft: <draft model checkpoint>")
+            raise ValueError(f"{where}: the draft-chain proposer needs draft: <draft model checkpoint>")
+        if self.proposer.startswith("heads") and not self.heads:
+            raise ValueError(f"{where}: the {self.proposer} proposer needs heads: <heads checkpoint from `specbench train heads`>")
+        if self.proposer == "heads-tree" and not self.tree:
+            raise ValueError(f"{where}: heads-tree needs tree: dense-small | builtin:vadusa-16|32|64 | a calibrate-tree file")
+        if self.candidates == "sample" and self.proposer != "heads-chain":
+            raise ValueError(f"{where}: candidates: sample applies to heads-chain only (a draft chain always samples; trees use top-k)")
+        if self.rule in RATIO_RULES and not self.sampled:
+            raise ValueError(
+                f"{where}: rule {self.rule} needs candidates sampled from q (draft-chain, or heads-chain with candidates: sample); "
+                f"{self.proposer} top-k candidates need exact, greedy, tolerance or typical"
+            )
         if self.rule != "beta" and self.beta:
-            raise ValueError(f"decoder '{self.name}': beta only applies to rule: beta")
+            raise ValueError(f"{where}: beta only applies to rule: beta")
         return self
 
     def params(self) -> dict[str, Any]:
-        """The method parameters recorded with every row (and used to group reports)."""
+        """The method parameters recorded with every row (and used to group reports); None = n/a."""
         if self.method == "baseline":
-            return {"proposer": None, "rule": None, "gamma": 0, "beta": None}
-        return {"proposer": self.proposer, "rule": self.rule, "gamma": self.gamma, "beta": self.beta if self.rule == "beta" else None}
+            return {"proposer": None, "rule": None, "gamma": 0, "beta": None, "tau": None, "theta": None, "tree": None}
+        return {
+            "proposer": self.proposer,
+            "rule": self.rule if self.rule != "tolerance" else f"tolerance-{self.tolerance}",
+            "gamma": self.gamma if self.proposer != "heads-tree" else None,
+            "beta": self.beta if self.rule == "beta" else None,
+            "tau": self.tau if self.rule == "tolerance" else None,
+            "theta": self.theta if self.rule == "group" else None,
+            "tree": self.tree if self.proposer == "heads-tree" else None,
+        }
 
 
 class AsrConfig(Strict):
@@ -310,6 +351,31 @@ class TrainDraftConfig(TrainTargetConfig):
         if bad:
             raise ValueError(f"unknown trainable part(s) {bad}: use embeddings, ln_f, head, all or layers.N")
         return v
+
+
+class TrainHeadsConfig(TrainTargetConfig):
+    """Training Medusa-style draft heads (VADUSA, methods.md §3) on a target codec LM.
+
+    Loss: ``Σ_k decay^k · CE(head_k, y_{t+2+k})`` over the target tokens (k = 0..n_heads-1, 0-based).
+    ``mode: frozen`` trains only the heads (the target runs once per batch without gradients);
+    ``mode: joint`` also fine-tunes the target with ``LM loss + heads_weight · heads loss`` at
+    ``backbone_lr`` and exports it next to the heads. The model architecture comes from ``target``
+    (``preset``/``model`` are ignored); ``top_k_eval`` sets the top-k accuracy logged per head.
+    """
+
+    target: str = "builtin:target-small"
+    n_heads: int = Field(default=4, ge=1, le=16)
+    head_layers: int = Field(default=1, ge=0, le=8)
+    autoregressive: bool = False
+    mode: Literal["frozen", "joint"] = "frozen"
+    decay: float = Field(default=0.8, gt=0, le=1)
+    heads_weight: float = Field(default=1.0, gt=0)
+    backbone_lr: float = Field(default=1e-4, gt=0)
+    out_dir: str = "runs/train/heads"
+    steps: int = Field(default=600, gt=0)
+    warmup_steps: int = Field(default=50, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    top_k_eval: int = Field(default=5, ge=1)
 
 
 # ---- loading ---------------------------------------------------------------------------------------

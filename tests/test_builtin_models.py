@@ -42,6 +42,6 @@ def test_greedy_speculative_matches_greedy_baseline_on_shipped_model(setup) -> N
         base, bst = generate(target, text, prompt, Sampling(), 400, torch.Generator())
         assert bst.hit_eos and base.numel() > 50  # a real utterance, not an empty or runaway one
         for rule, gamma in ((exact, 3), (greedy, 5)):
-            toks, st = generate(target, text, prompt, Sampling(), 400, torch.Generator(), DraftChainProposer(draft), rule, gamma)
+            toks, st = generate(target, text, prompt, Sampling(), 400, torch.Generator(), DraftChainProposer(draft, gamma), rule)
             assert toks.tolist() == base.tolist(), f"{rule.__name__} gamma={gamma} diverged"
             assert st.mean_accepted_len > 1.2 and st.target_calls < bst.target_calls

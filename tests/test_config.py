@@ -316,7 +316,7 @@ def test_shipped_train_configs_validate() -> None:
     """configs/train/<job>-*.yaml validate against the schema of `specbench train <job>`."""
     import specbench.config as config_module
 
-    schemas = {"codec": "TrainCodecConfig", "target": "TrainTargetConfig", "draft": "TrainDraftConfig"}
+    schemas = {"codec": "TrainCodecConfig", "target": "TrainTargetConfig", "draft": "TrainDraftConfig", "heads": "TrainHeadsConfig"}
     configs = sorted((REPO / "configs" / "train").glob("*.yaml"))
     assert configs
     for p in configs:

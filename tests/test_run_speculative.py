@@ -39,3 +39,83 @@ def test_speculative_decoders_in_a_run(tiny_assets, tmp_path) -> None:
             assert r["rule"] == "exact" and r["gamma"] == 3
     summary = (out / "summary.csv").read_text()
     assert "accept_at_pos" in summary and "ssd_gamma2" in summary
+
+
+def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
+    """Heads tree × tolerance, heads chain (sampled) × beta, draft chain × group, draft chain × typical:
+    all run end to end; greedy lossless controls reproduce the baseline tokens; calibrate-tree works."""
+    import numpy as np
+    import torch
+
+    from specbench.models.heads import DraftHeads, save_heads
+    from specbench.models.lm_io import load_lm
+
+    model = str(tiny_assets["model"])
+    target, ck = load_lm(model)
+    torch.manual_seed(0)
+    heads = DraftHeads.from_target(target, n_heads=3)
+    heads_path = tmp_path / "heads.pt"
+    save_heads(heads, heads_path, model, ck["codec_id"], {})
+    out = tmp_path / "run"
+    recipe = tiny_recipe(
+        tiny_assets,
+        out,
+        decoders=[
+            {"name": "baseline"},
+            {"name": "tree_greedy", "method": "speculative", "proposer": "heads-tree", "rule": "greedy", "heads": str(heads_path), "tree": "dense-small"},
+            {"name": "vadusa", "preset": "vadusa", "heads": str(heads_path), "tree": "dense-small", "tau": 2},
+            {
+                "name": "hchain",
+                "method": "speculative",
+                "proposer": "heads-chain",
+                "candidates": "sample",
+                "rule": "beta",
+                "beta": 0.2,
+                "heads": str(heads_path),
+            },
+            {"name": "pcg", "preset": "pcg", "draft": model, "sweep": {"theta": [0.3, 1.0]}},
+            {"name": "typ", "method": "speculative", "proposer": "draft-chain", "rule": "typical", "draft": model},
+        ],
+        scoring={"enabled": False},
+    )
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    res = CliRunner().invoke(app, ["run", str(path)])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    by = {(r["decoder"], r["utt_id"]): r for r in rows if r["kind"] == "decoder"}
+    assert {d for d, _ in by} == {"baseline", "tree_greedy", "vadusa", "hchain", "pcg_theta0.3", "pcg_theta1", "typ"}
+    for (dec, utt), r in by.items():
+        base = np.load(out / by[("baseline", utt)]["audio"].replace(".wav", ".tokens.npy"))
+        mine = np.load(out / r["audio"].replace(".wav", ".tokens.npy"))
+        if dec in ("tree_greedy", "pcg_theta1", "typ"):  # greedy sampling: all these are lossless
+            assert np.array_equal(mine, base), dec
+        if dec == "vadusa":
+            assert r["rule"] == "tolerance-sample" and r["tau"] == 2 and r["tree"] == "dense-small" and r["gamma"] is None
+        if dec.startswith("pcg"):
+            assert r["theta"] in (0.3, 1.0) and r["proposer"] == "draft-chain"
+    summary = (out / "summary.csv").read_text()
+    assert "theta" in summary and "tree" in summary
+    # calibrate-tree on the same recipe writes trees that a decoder can load
+    res = CliRunner().invoke(
+        app,
+        ["calibrate-tree", str(path), "--heads", str(heads_path), "--budget", "3", "--budget", "5", "--out-dir", str(tmp_path / "trees"), "--rule", "greedy"],
+    )
+    assert res.exit_code == 0, res.output
+    tree = json.loads((tmp_path / "trees" / "vadusa-5.json").read_text())
+    assert len(tree["paths"]) == 5 and tree["expected_accepted_len"] >= 1 and len(tree["acc"]) == 3
+
+
+def test_incompatible_proposer_rule_pairs_are_config_errors(tiny_assets, tmp_path) -> None:
+    model = str(tiny_assets["model"])
+    bad = [
+        ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "beta", "heads": "h.pt", "tree": "dense-small"}, "sampled"),
+        ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "group", "heads": "h.pt", "tree": "dense-small"}, "sampled"),
+        ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "tolerance", "heads": "h.pt"}, "tree"),
+        ({"name": "x", "method": "speculative", "proposer": "draft-chain", "rule": "exact", "draft": model, "candidates": "sample"}, "heads-chain only"),
+    ]
+    for dec, msg in bad:
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump(tiny_recipe(tiny_assets, tmp_path / "o", decoders=[{"name": "baseline"}, dec])))
+        res = CliRunner().invoke(app, ["run", str(path)])
+        assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, res.output

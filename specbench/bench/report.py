@@ -36,7 +36,7 @@ SPEED_COLS = [
     "call_speedup",
 ]
 QUALITY_COLS = ["wer", "cer", "sim", "sim_other"]
-PARAM_COLS = ["rule", "gamma", "beta"]
+PARAM_COLS = ["proposer", "rule", "gamma", "beta", "tau", "theta", "tree"]
 
 
 def accept_curve(d: pd.DataFrame) -> str:

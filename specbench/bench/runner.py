@@ -34,9 +34,8 @@ from specbench.codec import load_codec
 from specbench.codec.base import SpeechCodec
 from specbench.config import DecoderConfig, RunConfig
 from specbench.data.manifest import Manifest, Utterance, load_manifest
-from specbench.decoding.acceptance import build_rule
+from specbench.decoding.decoders import DecoderResources, build_proposer, build_tree_rule, check_heads_depth
 from specbench.decoding.generate import generate
-from specbench.decoding.proposers import DraftChainProposer
 from specbench.decoding.sampling import Sampling
 from specbench.device import resolve_device, set_threads
 from specbench.errors import ConfigError, DataError, ModelError, RunStateError
@@ -160,7 +159,11 @@ class Models:
     target: CodecLM
     checkpoint: dict[str, Any]
     device: torch.device
-    drafts: dict[str, CodecLM]
+    resources: DecoderResources
+
+    @property
+    def drafts(self) -> dict[str, CodecLM]:
+        return self.resources.drafts
 
 
 def _check_codec(spec: str, ckpt: dict[str, Any], codec: SpeechCodec, vocab: int) -> None:
@@ -179,13 +182,27 @@ def load_models(cfg: RunConfig) -> Models:
     codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
     target, ckpt = load_lm(cfg.model.checkpoint, device)
     _check_codec(cfg.model.checkpoint, ckpt, codec, target.cfg.speech_vocab)
-    drafts: dict[str, CodecLM] = {}
+    res = DecoderResources(target)
     for d in cfg.decoders:
-        if d.draft and d.draft not in drafts:
+        if d.draft and d.draft not in res.drafts:
             draft, dck = load_lm(d.draft, device)
             _check_codec(d.draft, dck, codec, draft.cfg.speech_vocab)
-            drafts[d.draft] = draft
-    return Models(codec, target, ckpt, device, drafts)
+            res.drafts[d.draft] = draft
+        if d.heads and d.heads not in res.heads:
+            from specbench.models.heads import load_heads
+
+            heads, hck = load_heads(d.heads, device)
+            _check_codec(d.heads, hck, codec, heads.cfg.vocab - 1)
+            if hck.get("target") and hck["target"] != cfg.model.checkpoint:
+                raise ModelError(
+                    f"heads {d.heads} were trained on target {hck['target']} but model.checkpoint is {cfg.model.checkpoint}: "
+                    "set model.checkpoint to that target (joint training writes its own target.pt)"
+                )
+            res.heads[d.heads] = heads
+        if d.method == "speculative":
+            check_heads_depth(d, res)
+            build_tree_rule(d, res)  # fail before generating anything (e.g. groups of an impossible θ)
+    return Models(codec, target, ckpt, device, res)
 
 
 def decode_one(m: Models, d: DecoderConfig, text: torch.Tensor, prompt: torch.Tensor, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
@@ -193,8 +210,8 @@ def decode_one(m: Models, d: DecoderConfig, text: torch.Tensor, prompt: torch.Te
     gen = torch.Generator(device=m.device).manual_seed(seed)
     if d.method == "baseline":
         return generate(m.target, text, prompt, sampling, max_tokens, gen, profile=profile)
-    proposer = DraftChainProposer(m.drafts[d.draft or ""])
-    return generate(m.target, text, prompt, sampling, max_tokens, gen, proposer, build_rule(d.rule or "", d.beta), d.gamma, profile=profile)
+    proposer = build_proposer(d, m.resources)
+    return generate(m.target, text, prompt, sampling, max_tokens, gen, proposer, build_tree_rule(d, m.resources), profile=profile)
 
 
 class PromptCache:
@@ -267,12 +284,14 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
             decode_seconds = time.perf_counter() - t0
             audio = out / "audio" / d.name / f"{u.utt_id}.r{rep}.wav"
             write_audio(audio, wav, sr)
+            np.save(audio.with_suffix(".tokens.npy"), tokens.numpy().astype(np.int32))  # for stress tests and re-decoding
             audio_seconds = len(wav) / sr
             row = {
                 "decoder": d.name,
                 "method": d.method,
                 **d.params(),
                 "draft": d.draft,
+                "heads": d.heads,
                 "kind": "decoder",
                 "utt_id": u.utt_id,
                 "speaker": u.speaker,

@@ -1,7 +1,12 @@
 """The built-in offline corpus: English sentences spoken by espeak-ng voices, in LibriTTS layout.
 
-Speakers are espeak-ng voice variants × two (pitch, rate) settings. Four speakers are held out for
-test (zero-shot: their variant is seen in training only with the other setting). Sentences come from
+Speakers are espeak-ng voice variants × pitch, all at one speaking rate. Training uses six variants at
+three pitches; the four test speakers are held out: seen variants at pitches never heard in training
+(42 and 58, between the training pitches). A wider grid (16 variants × two pitch/rate settings) trained
+for 100 min on 2 cores gave a model that babbled (greedy WER ~0.9 even on training speakers, teacher-forced
+loss 1.99 on unseen-variant speakers vs 1.36 on seen ones): six timbres are what a 6 M-parameter model
+learns to read aloud within an hour or two of CPU time. The variants are the ones whose speech survives the
+1024-entry codec best. Sentences come from
 Debian's fortunes (see :mod:`specbench.data.fortunes`) and are split so that train, dev and test never
 share a sentence. Everything is deterministic under ``seed``; files that exist are not synthesised again,
 so an interrupted prepare resumes.
@@ -27,9 +32,10 @@ from specbench.errors import DataError, DependencyError
 from specbench.text import clean_phonemes, espeak_binary
 
 SAMPLE_RATE = 16000
-VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "klatt4")
-SETTINGS = {"lo": (35, 135), "hi": (65, 150)}  # name -> (espeak pitch, words per minute)
-TEST_SPEAKERS = ("f3hi", "m3lo", "klatt3hi", "m1lo")
+VARIANTS = ("m7", "m5", "m4", "f2", "klatt", "klatt2")
+TRAIN_PITCHES = (35, 50, 65)
+RATE = 140  # words per minute; slower espeak is easier for the ASR
+TEST_SPEAKER_GRID = (("m7", 58), ("f2", 42), ("klatt", 58), ("m5", 42))  # (variant, unseen pitch)
 
 
 @dataclass(frozen=True)
@@ -46,15 +52,14 @@ class Speaker:
         return f"en-us+{self.variant}"
 
 
-def all_speakers() -> list[Speaker]:
-    """Every speaker of the grid, in a fixed order."""
-    return [Speaker(f"{v}{s}", v, p, r) for v in VARIANTS for s, (p, r) in SETTINGS.items()]
+def _speaker(variant: str, pitch: int) -> Speaker:
+    return Speaker(f"{variant}p{pitch}", variant, pitch, RATE)
 
 
 def split_speakers() -> tuple[list[Speaker], list[Speaker]]:
-    """(train speakers, held-out test speakers)."""
-    spk = all_speakers()
-    return [s for s in spk if s.speaker_id not in TEST_SPEAKERS], [s for s in spk if s.speaker_id in TEST_SPEAKERS]
+    """(train speakers, held-out test speakers), in a fixed order."""
+    train = [_speaker(v, p) for v in VARIANTS for p in TRAIN_PITCHES]
+    return train, [_speaker(v, p) for v, p in TEST_SPEAKER_GRID]
 
 
 @dataclass(frozen=True)

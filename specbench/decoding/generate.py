@@ -1,10 +1,11 @@
 """THE generation loop shared by every decoder.
 
-A decoder is a proposer × an acceptance rule. Each round feeds the last emitted token plus the γ
-drafted tokens to the target in ONE forward, gets p for the γ+1 positions, lets the rule keep n
-drafts and emit one more token, and rolls the target cache (and the proposer) back to that prefix.
-The autoregressive baseline is the same loop with no proposer (γ = 0): one forward, one token.
-Timings bracket prefill and loop with device synchronisation, so GPU numbers measure finished work.
+A decoder is a proposer × an acceptance rule. Each round feeds the last emitted token (the root) plus
+the proposer's candidate nodes to the target in ONE forward (a chain causally; a tree with its tree
+mask and depth positions), gets p after every node, lets the rule pick the accepted path and emit one
+more token, and compacts the target cache to that path (a crop for chains). The autoregressive
+baseline is the same loop with no proposer: one forward, one token. Timings bracket prefill and loop
+with device synchronisation, so GPU numbers measure finished work.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import time
 import torch
 
 from specbench.decoding.acceptance import ChainRule
-from specbench.decoding.proposers import DraftChainProposer
+from specbench.decoding.proposers import Proposer
 from specbench.decoding.sampling import Sampling, next_token, warp
 from specbench.decoding.stats import DecodeStats
+from specbench.decoding.tree_rules import TreeRule, as_tree_rule
 from specbench.device import synchronize
 from specbench.models.codec_lm import CodecLM
 
@@ -29,9 +31,8 @@ def generate(
     sampling: Sampling,
     max_tokens: int,
     generator: torch.Generator,
-    proposer: DraftChainProposer | None = None,
-    rule: ChainRule | None = None,
-    gamma: int = 0,
+    proposer: Proposer | None = None,
+    rule: TreeRule | ChainRule | None = None,
     profile: bool = False,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """Decode speech tokens after ``[text][SEP][prompt]`` until EOS or ``max_tokens``.
@@ -42,17 +43,23 @@ def generate(
     times every target forward and every proposal (with device sync), so that the loop's own
     overhead = loop_seconds − target_seconds − draft_seconds can be reported (benchmarks only).
     """
-    if (proposer is None) != (rule is None) or (proposer is not None and gamma < 1):
-        raise ValueError("a proposer needs an acceptance rule and gamma >= 1 (and the baseline neither)")
+    if (proposer is None) != (rule is None):
+        raise ValueError("a proposer needs an acceptance rule (and the baseline neither)")
     device = target.head.weight.device
     text_ids, prompt = text_ids.to(device), prompt.to(device)
     stats = DecodeStats()
+    depth = nodes = 0
     if proposer is not None:
-        stats.accept_at_pos = [0] * gamma
+        tree_rule = as_tree_rule(rule)  # type: ignore[arg-type]
+        shape = proposer.shape
+        depth, nodes = shape.max_depth, shape.size
+        stats.accept_at_pos = [0] * depth
+        mask = None if shape.is_chain else shape.mask(device)
+        offsets = shape.position_offsets(device)
     synchronize(device)
     t0 = time.perf_counter()
-    capacity = text_ids.numel() + prompt.numel() + max_tokens + gamma + 2
-    logits, _, cache = target.prefill(text_ids, prompt, capacity=capacity)
+    capacity = text_ids.numel() + prompt.numel() + max_tokens + nodes + 2
+    logits, hidden, cache = target.prefill(text_ids, prompt, capacity=capacity)
     synchronize(device)
     t1 = time.perf_counter()
     eos = target.cfg.eos
@@ -76,22 +83,29 @@ def generate(
             emitted = [next_token(logits[-1], sampling, generator)]
         else:
             ta = _tick(profile, device)
-            drafts, q = proposer.propose(gamma, sampling, generator)
+            prop = proposer.propose(last, hidden, sampling, generator)
             tb = _tick(profile, device)
-            feed = torch.cat([torch.tensor([last], dtype=torch.long, device=device), drafts])
-            logits, _ = target(feed, cache)
+            base = cache.length
+            if mask is None:
+                logits, hid = target(prop.tokens, cache)
+            else:
+                logits, hid = target(prop.tokens, cache, positions=cache.speech_len + offsets, tree_mask=mask)
             stats.target_seconds += _tick(profile, device) - tb
             stats.draft_seconds += tb - ta
             stats.target_calls += 1
-            verdict = rule(warp(logits, sampling), q, drafts, generator)  # type: ignore[misc]
-            n = verdict.accepted
-            cache.crop(cache.length - (gamma - n))  # keep `last` and the accepted drafts
-            proposer.commit(n, verdict.token)
-            stats.proposed += gamma
-            stats.accepted += n
-            for i in range(n):
+            verdict = tree_rule(warp(logits, sampling), prop, generator)
+            path = verdict.path
+            if mask is None:
+                cache.crop(base + 1 + len(path))  # keep the root and the accepted drafts
+            else:
+                cache.keep(list(range(base + 1)) + [base + i for i in path])
+            hidden = hid[path[-1] if path else 0]
+            proposer.commit(path, verdict.token)
+            stats.proposed += depth
+            stats.accepted += len(path)
+            for i in range(len(path)):
                 stats.accept_at_pos[i] += 1
-            emitted = drafts[:n].tolist() + [verdict.token]
+            emitted = prop.tokens[path].tolist() + [verdict.token]
         added = 0
         for tok in emitted:
             if tok == eos:

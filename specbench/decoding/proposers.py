@@ -1,18 +1,40 @@
 """Proposers: what drafts candidate tokens for the target to verify.
 
 Contract: ``begin(text_ids, prompt, first_token, capacity)`` once per utterance after the target's
-prefill emitted ``first_token``; then per round ``propose(gamma, sampling, generator) -> (drafts [γ],
-q [γ, V])`` and, after verification, ``commit(accepted, token)`` so the proposer's own state follows
-the accepted prefix and the emitted token. ``sampled`` says whether candidates are drawn from q (ratio
-rules allowed) or chosen deterministically (only match-based rules are lossless then).
+prefill emitted ``first_token``; then per round ``propose(root, hidden, sampling, generator) ->
+Proposal`` where ``root`` is the token emitted last (not yet in the target cache) and ``hidden`` the
+target's last hidden state that produced it; after verification ``commit(path, token)`` so the
+proposer's own state follows the accepted nodes and the emitted token. ``sampled`` says whether
+candidates are drawn from the q they carry (ratio rules allowed) or chosen deterministically (only
+match-based rules are lossless then); ``calls`` counts drafter forwards.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import torch
 
 from specbench.decoding.sampling import Sampling, sample, warp
+from specbench.decoding.tree import Proposal, TreeShape, chain_shape
 from specbench.models.codec_lm import CodecLM, KVCache
+
+if TYPE_CHECKING:
+    from specbench.models.heads import DraftHeads
+
+
+class Proposer(Protocol):
+    """What the generate loop needs from a drafter."""
+
+    shape: TreeShape
+    sampled: bool
+    calls: int
+
+    def begin(self, text_ids: torch.Tensor, prompt: torch.Tensor, first_token: int, capacity: int) -> None: ...
+
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal: ...
+
+    def commit(self, path: list[int], token: int) -> None: ...
 
 
 class DraftChainProposer:
@@ -25,8 +47,12 @@ class DraftChainProposer:
 
     sampled = True
 
-    def __init__(self, draft: CodecLM) -> None:
+    def __init__(self, draft: CodecLM, gamma: int = 3) -> None:
+        if gamma < 1:
+            raise ValueError("gamma must be >= 1")
         self.draft = draft
+        self.gamma = gamma
+        self.shape = chain_shape(gamma)
         self.cache: KVCache | None = None
         self.pending: list[int] = []
         self._drafts: list[int] = []
@@ -39,7 +65,14 @@ class DraftChainProposer:
         self.pending = [first_token]
         self.calls = 0
 
-    def propose(self, gamma: int, sampling: Sampling, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
+        """Draft γ tokens x_i ~ q_i (argmax when greedy) as a one-path proposal ``[root, x_1..x_γ]``."""
+        drafts, q = self.draft_chain(self.gamma, sampling, generator)
+        device = drafts.device
+        tokens = torch.cat([torch.tensor([root], dtype=torch.long, device=device), drafts])
+        return Proposal(self.shape, tokens, torch.cat([torch.zeros_like(q[:1]), q]), sampled=True)
+
+    def draft_chain(self, gamma: int, sampling: Sampling, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft ``gamma`` tokens x_i ~ q_i (argmax when greedy); returns them and q ``[γ, V]``."""
         assert self.cache is not None, "begin() must run before propose()"
         device = self.draft.head.weight.device
@@ -59,10 +92,82 @@ class DraftChainProposer:
         self._drafts = drafts
         return torch.tensor(drafts, dtype=torch.long, device=device), torch.stack(qs) if qs else torch.empty(0, device=device)
 
-    def commit(self, accepted: int, token: int) -> None:
+    def commit(self, path: list[int], token: int) -> None:
         """Roll the draft cache back to the accepted prefix; queue what it has not consumed."""
         assert self.cache is not None
+        accepted = len(path)
         gamma = len(self._drafts)
         consumed = min(accepted, gamma - 1) if gamma else 0  # the draft never consumed its last draft
         self.cache.crop(self._base + self._fed_pending + consumed)
         self.pending = ([self._drafts[-1]] if gamma and accepted == gamma else []) + [token]
+
+
+class HeadsProposer:
+    """Draft heads on the target's hidden state: a tree (or chain) of candidates in one round.
+
+    Node at depth d takes a candidate of head d−1 (0-based) evaluated on ``hidden`` (the state that
+    produced the root). ``candidates='topk'``: the node's rank-r token of that head (deterministic;
+    autoregressive heads also condition on the parent's token, so siblings under different parents may
+    differ). ``candidates='sample'`` (chains only): x_d ~ q_d = the warped head distribution, so the
+    ratio rules (exact, beta, group) are valid. Stateless between rounds: the heads need no cache.
+    """
+
+    def __init__(self, heads: DraftHeads, target: CodecLM, shape: TreeShape, candidates: str = "topk") -> None:
+        if shape.max_depth > heads.cfg.n_heads:
+            raise ValueError(f"tree {shape.name} is {shape.max_depth} deep but the heads checkpoint has {heads.cfg.n_heads} heads")
+        if candidates not in ("topk", "sample"):
+            raise ValueError("candidates must be 'topk' or 'sample'")
+        if candidates == "sample" and not shape.is_chain:
+            raise ValueError("sampled head candidates are supported for chains only (use candidates: topk for trees)")
+        self.heads, self.target, self.shape, self.candidates = heads, target, shape, candidates
+        self.sampled = candidates == "sample"
+        self.calls = 0
+        dev = target.head.weight.device
+        # nodes grouped by depth, with their parents and ranks, precomputed once per shape
+        self._levels = [(torch.tensor([i for i in range(1, len(shape.nodes)) if shape.depth[i] == d], device=dev), d) for d in range(1, shape.max_depth + 1)]
+        self._parents = torch.tensor(shape.parents, device=dev)
+        self._ranks = torch.tensor(shape.ranks, device=dev)
+
+    def begin(self, text_ids: torch.Tensor, prompt: torch.Tensor, first_token: int, capacity: int) -> None:
+        self.calls = 0
+
+    def _prev_emb(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        if not self.heads.cfg.autoregressive:
+            return None
+        return self.target.tok_emb.weight[tokens + self.target.cfg.speech_offset]
+
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
+        """Candidates for every node of the shape (root first)."""
+        dev = hidden.device
+        n = len(self.shape.nodes)
+        tokens = torch.empty(n, dtype=torch.long, device=dev)
+        tokens[0] = root
+        h = hidden.reshape(1, -1)
+        if self.sampled:
+            qs = [torch.zeros(self.heads.cfg.vocab, device=dev)]
+            for d in range(1, n):
+                logits = self.heads.head_logits(h, d - 1, self._prev_emb(tokens[d - 1 : d]))[0]
+                self.calls += 1
+                q = warp(logits, sampling)
+                tokens[d] = q.argmax() if sampling.greedy else sample(q, generator)
+                qs.append(q)
+            return Proposal(self.shape, tokens, torch.stack(qs), sampled=True)
+        if not self.heads.cfg.autoregressive:
+            # one evaluation per depth serves every node of that depth
+            for nodes, d in self._levels:
+                logits = self.heads.head_logits(h, d - 1)[0]
+                self.calls += 1
+                top = torch.topk(logits, self.shape.max_rank(d)).indices
+                tokens[nodes] = top[self._ranks[nodes]]
+            return Proposal(self.shape, tokens, None, sampled=False)
+        for nodes, d in self._levels:
+            par = self._parents[nodes]
+            uniq, inverse = torch.unique(par, return_inverse=True)
+            logits = self.heads.head_logits(h.expand(len(uniq), -1), d - 1, self._prev_emb(tokens[uniq]))
+            self.calls += 1
+            top = torch.topk(logits, self.shape.max_rank(d), dim=-1).indices  # [parents, R]
+            tokens[nodes] = top[inverse, self._ranks[nodes]]
+        return Proposal(self.shape, tokens, None, sampled=False)
+
+    def commit(self, path: list[int], token: int) -> None:
+        """Nothing to roll back: the next round starts from the target's hidden state."""

@@ -15,7 +15,7 @@ import torch
 
 from specbench.errors import ModelError
 
-MADE_BY = {"codec-lm": "specbench train target"}  # the command that writes each checkpoint kind
+MADE_BY = {"codec-lm": "specbench train target", "heads": "specbench train heads"}  # the command that writes each checkpoint kind
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
