@@ -21,7 +21,7 @@ venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchaudio==2.11.0
-	$(BIN)/pip install -q -e '.[encodec,dev]'
+	$(BIN)/pip install -q -e '.[encodec,dev,whisper,hf,speechbrain]' torch==2.14.1
 	# resemblyzer's declared deps (webrtcvad sdist, typing) break its import; its needs come from pyproject
 	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
 	@$(BIN)/python -c "import specbench, torch, resemblyzer, faster_whisper, encodec; print('specbench', specbench.__version__, '| torch', torch.__version__)"
@@ -59,3 +59,115 @@ draft-model:
 
 clean-runs:
 	rm -rf runs/quickstart
+
+# ---- LibriTTS on a GPU (README "Real models and LibriTTS (GPU)") ------------------------------------
+#   make libritts LIBRITTS=/data/LibriTTS ENCODEC=/ckpt/encodec_24khz-d7cc33bc.th DEVICE=cuda [LIMIT=N]
+# prepares manifests in data/libritts/, trains target / drafts / heads and calibrates trees in
+# runs/libritts/ (configs/train/libritts-*.yaml), then runs recipes/libritts_test.yaml and
+# recipes/libritts_joint.yaml. A step whose output exists is skipped, an interrupted training resumes from
+# its last.pt, an interrupted run from its records. Parts: libritts-data, libritts-train, libritts-trees,
+# libritts-run. GPU times are not measured here. The configs and recipes refer to data/libritts and runs/libritts.
+.PHONY: libritts libritts-data libritts-train libritts-trees libritts-run
+
+LIBRITTS ?=
+ENCODEC ?=
+DEVICE ?= auto
+LIMIT ?=
+LT_TRAIN_SUBSETS ?= train-clean-100 train-clean-360
+LT_DATA := data/libritts
+LT_RUNS := runs/libritts
+LT_SET = --set codec.path=$(ENCODEC) --set device=$(DEVICE)
+lt_resume = $(if $(wildcard $(dir $@)last.pt),--resume)
+lt_no_libritts = LIBRITTS is not set: pass LIBRITTS=/path/to/LibriTTS, the local folder holding $(LT_TRAIN_SUBSETS) dev-clean test-clean (nothing is downloaded)
+
+ifneq ($(filter libritts libritts-data,$(MAKECMDGOALS)),)
+  ifeq ($(strip $(LIBRITTS)),)
+    $(error $(lt_no_libritts))
+  endif
+  ifeq ($(wildcard $(LIBRITTS)/.),)
+    $(error LIBRITTS=$(LIBRITTS) is not a folder: pass your local LibriTTS (or LibriTTS-R) folder, the one holding $(LT_TRAIN_SUBSETS) dev-clean test-clean)
+  endif
+endif
+ifneq ($(filter-out libritts-data,$(filter libritts libritts-%,$(MAKECMDGOALS))),)
+  ifeq ($(strip $(ENCODEC)),)
+    $(error ENCODEC is not set: pass ENCODEC=/path/to/encodec_24khz-d7cc33bc.th, a LOCAL copy of the EnCodec 24 kHz checkpoint (nothing is downloaded))
+  endif
+  ifeq ($(wildcard $(ENCODEC)),)
+    $(error EnCodec weights not found: ENCODEC=$(ENCODEC): point it at a LOCAL copy of encodec_24khz-d7cc33bc.th (nothing is downloaded))
+  endif
+endif
+
+libritts: libritts-data libritts-run
+
+libritts-data: $(LT_DATA)/train.jsonl $(LT_DATA)/dev-clean.jsonl $(LT_DATA)/test-clean.jsonl
+
+$(addprefix $(LT_DATA)/,$(addsuffix .jsonl,$(LT_TRAIN_SUBSETS) dev-clean test-clean)): $(LT_DATA)/%.jsonl:
+	$(if $(strip $(LIBRITTS)),,$(error $(lt_no_libritts)))
+	$(BIN)/specbench prepare libritts --root $(LIBRITTS) --subset $* --out $@
+
+$(LT_DATA)/train.jsonl: $(addprefix $(LT_DATA)/,$(addsuffix .jsonl,$(LT_TRAIN_SUBSETS)))
+	cat $^ > $@.tmp && mv $@.tmp $@
+
+libritts-train: $(LT_RUNS)/target-base/model.pt $(LT_RUNS)/draft-ssd/model.pt $(LT_RUNS)/draft-scratch/model.pt \
+	$(LT_RUNS)/heads/heads.pt $(LT_RUNS)/heads-joint/heads.pt
+
+$(LT_RUNS)/target-base/model.pt: | $(LT_DATA)/train.jsonl $(LT_DATA)/dev-clean.jsonl
+	$(BIN)/specbench train target --config configs/train/libritts-target-base.yaml $(LT_SET) $(lt_resume)
+
+$(LT_RUNS)/draft-ssd/model.pt: | $(LT_RUNS)/target-base/model.pt
+	$(BIN)/specbench train draft --config configs/train/libritts-draft-ssd.yaml $(LT_SET) $(lt_resume)
+
+$(LT_RUNS)/draft-scratch/model.pt: | $(LT_RUNS)/target-base/model.pt
+	$(BIN)/specbench train draft --config configs/train/libritts-draft-scratch.yaml $(LT_SET) $(lt_resume)
+
+$(LT_RUNS)/heads/heads.pt: | $(LT_RUNS)/target-base/model.pt
+	$(BIN)/specbench train heads --config configs/train/libritts-heads.yaml $(LT_SET) $(lt_resume)
+
+$(LT_RUNS)/heads-joint/heads.pt: | $(LT_RUNS)/target-base/model.pt
+	$(BIN)/specbench train heads --config configs/train/libritts-heads-joint.yaml $(LT_SET) $(lt_resume)
+
+libritts-trees: $(LT_RUNS)/trees/vadusa-64.json $(LT_RUNS)/trees/vadusa-joint-64.json
+
+LT_CALIBRATE = $(BIN)/specbench calibrate-tree recipes/libritts_calibrate.yaml --rule tolerance --tau 3 \
+	--budget 16 --budget 32 --budget 64 --out-dir $(LT_RUNS)/trees $(LT_SET)
+
+$(LT_RUNS)/trees/vadusa-64.json: | $(LT_RUNS)/heads/heads.pt $(LT_DATA)/dev-clean.jsonl
+	$(LT_CALIBRATE) --heads $(LT_RUNS)/heads/heads.pt --name vadusa
+
+$(LT_RUNS)/trees/vadusa-joint-64.json: | $(LT_RUNS)/heads-joint/heads.pt $(LT_DATA)/dev-clean.jsonl
+	$(LT_CALIBRATE) --heads $(LT_RUNS)/heads-joint/heads.pt --name vadusa-joint --set model.checkpoint=$(LT_RUNS)/heads-joint/target.pt
+
+libritts-run: libritts-train libritts-trees $(LT_DATA)/test-clean.jsonl
+	$(BIN)/specbench run recipes/libritts_test.yaml $(LT_SET) $(if $(LIMIT),--set corpus.limit=$(LIMIT))
+	$(BIN)/specbench run recipes/libritts_joint.yaml $(LT_SET) $(if $(LIMIT),--set corpus.limit=$(LIMIT))
+
+# ---- paper tables and CI regression (README "Reports and paper tables", "CI regression") -----------
+#   make table-ssd [DEVICE=cuda] [RUN_ARGS="--set corpus.limit=4"]
+# runs recipes/ssd_sweep.yaml into runs/ssd_sweep-$(DEVICE) (one folder per device, so timings of two
+# devices never mix in one run; a rerun resumes), then writes results/ssd.md + results/plots/ssd-*.png
+# (RUN_ARGS must not move output_dir: paper-table reads runs/<x>_sweep-$(DEVICE)).
+# table-vadusa and table-pcg likewise (recipes/vadusa_sweep.yaml, recipes/pcg_sweep.yaml); table-all: all three.
+# ci-regression runs recipes/ci.yaml into a fresh $(CI_RUN) and compares it with $(CI_REFERENCE) (exit 1 on a
+# regression); ci-reference regenerates that reference (after an intended change of the shipped models).
+.PHONY: table-ssd table-vadusa table-pcg table-all ci-reference ci-regression
+
+DEVICE ?= auto
+RUN_ARGS ?=
+CI_REFERENCE ?= results/ci/reference
+CI_RUN ?= runs/ci-check
+
+table-ssd table-vadusa table-pcg: table-%:
+	$(BIN)/specbench run recipes/$*_sweep.yaml --set device=$(DEVICE) --set output_dir=runs/$*_sweep-$(DEVICE) $(RUN_ARGS)
+	$(BIN)/specbench paper-table $* runs/$*_sweep-$(DEVICE) --out results/$*.md
+
+table-all: table-ssd table-vadusa table-pcg
+
+ci-regression:
+	rm -rf $(CI_RUN)
+	$(BIN)/specbench run recipes/ci.yaml --set output_dir=$(CI_RUN)
+	$(BIN)/specbench compare $(CI_REFERENCE) $(CI_RUN) --out $(CI_RUN)/compare.md
+
+ci-reference:
+	rm -rf runs/ci-reference
+	$(BIN)/specbench run recipes/ci.yaml --set output_dir=runs/ci-reference
+	$(BIN)/specbench export-reference runs/ci-reference --out $(CI_REFERENCE)

@@ -19,3 +19,14 @@ def resolve_path(spec: str | Path) -> Path:
 def list_builtin() -> list[str]:
     """Names of the shipped assets."""
     return sorted(f"{PREFIX}{p.stem}" for p in ASSET_DIR.glob("*.pt"))
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Do two checkpoint specs name the same file (``builtin:X`` vs its path, ``./x`` vs absolute)?"""
+    if str(a) == str(b):
+        return True
+    pa, pb = resolve_path(a), resolve_path(b)
+    try:
+        return pa.resolve() == pb.resolve() or (pa.is_file() and pb.is_file() and pa.samefile(pb))
+    except OSError:
+        return False

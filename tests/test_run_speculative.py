@@ -96,6 +96,15 @@ def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
             assert r["theta"] in (0.3, 1.0) and r["proposer"] == "draft-chain"
     summary = (out / "summary.csv").read_text()
     assert "theta" in summary and "tree" in summary
+    # PCG stress test on the baseline outputs: swapped tokens are re-decoded and scored
+    res = CliRunner().invoke(app, ["stress-groups", str(out), "--theta", "0.0", "--fraction", "1.0"])
+    assert res.exit_code == 0, res.output
+    import pandas as pd
+
+    stress = pd.read_csv(out / "stress" / "theta0-f1" / "summary.csv").iloc[0]
+    assert stress["n"] == 2 and 0 < stress["swapped_share"] <= 1 and -1 <= stress["delta_sim"] <= 1
+    res = CliRunner().invoke(app, ["stress-groups", str(out), "--decoder", "nope"])
+    assert res.exit_code == 2 and "no 'nope' rows" in res.output
     # calibrate-tree on the same recipe writes trees that a decoder can load
     res = CliRunner().invoke(
         app,
@@ -119,3 +128,34 @@ def test_incompatible_proposer_rule_pairs_are_config_errors(tiny_assets, tmp_pat
         path.write_text(yaml.safe_dump(tiny_recipe(tiny_assets, tmp_path / "o", decoders=[{"name": "baseline"}, dec])))
         res = CliRunner().invoke(app, ["run", str(path)])
         assert res.exit_code == 2 and msg in res.output and "Traceback" not in res.output, res.output
+
+
+def test_bench_reports_ratios_overhead_and_tree_verify_cost(tiny_assets, tmp_path) -> None:
+    import torch
+
+    from specbench.models.heads import DraftHeads, save_heads
+    from specbench.models.lm_io import load_lm
+
+    model = str(tiny_assets["model"])
+    target, ck = load_lm(model)
+    torch.manual_seed(0)
+    heads_path = tmp_path / "heads.pt"
+    save_heads(DraftHeads.from_target(target, n_heads=3), heads_path, model, ck["codec_id"], {})
+    recipe = tiny_recipe(
+        tiny_assets,
+        tmp_path / "bench",
+        decoders=[
+            {"name": "baseline"},
+            {"name": "sd", "preset": "sd", "draft": model},
+            {"name": "vadusa", "preset": "vadusa", "heads": str(heads_path), "tree": "dense-small"},
+        ],
+        scoring={"enabled": False},
+    )
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    md = tmp_path / "bench.md"
+    res = CliRunner().invoke(app, ["bench", str(path), "--out", str(md)])
+    assert res.exit_code == 0, res.output
+    text = md.read_text()
+    for needle in ("loop_overhead", "draft_cost_c", "vadusa", "tree dense-small", "cost_vs_1"):
+        assert needle in text, needle

@@ -9,6 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from specbench.assets import same_file
 from specbench.bench.runner import PromptCache, resolve_manifest, select_items, text_tokens, token_budget
 from specbench.codec import load_codec
 from specbench.config import RunConfig
@@ -50,7 +51,7 @@ def calibrate_tree(
     codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
     target, _ = load_lm(cfg.model.checkpoint, device)
     heads, hck = load_heads(heads_spec, device)
-    if hck.get("target") and hck["target"] != cfg.model.checkpoint:
+    if hck.get("target") and not same_file(hck["target"], cfg.model.checkpoint):
         raise ModelError(f"heads {heads_spec} belong to target {hck['target']}, not {cfg.model.checkpoint}: set model.checkpoint")
     work = cfg.resolved_output_dir()
     manifest = resolve_manifest(cfg, work, console.print)

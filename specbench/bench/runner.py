@@ -28,6 +28,7 @@ import torch
 import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from specbench.assets import same_file
 from specbench.audio import crop_seconds, read_audio, write_audio
 from specbench.bench.env import capture_env
 from specbench.codec import load_codec
@@ -193,7 +194,7 @@ def load_models(cfg: RunConfig) -> Models:
 
             heads, hck = load_heads(d.heads, device)
             _check_codec(d.heads, hck, codec, heads.cfg.vocab - 1)
-            if hck.get("target") and hck["target"] != cfg.model.checkpoint:
+            if hck.get("target") and not same_file(hck["target"], cfg.model.checkpoint):
                 raise ModelError(
                     f"heads {d.heads} were trained on target {hck['target']} but model.checkpoint is {cfg.model.checkpoint}: "
                     "set model.checkpoint to that target (joint training writes its own target.pt)"

@@ -5,7 +5,8 @@ utterances with the same seeds, interleaved per utterance, ``repeats`` times; pe
 then compared. With profiling on, each target forward and each proposal is timed with device sync, so
 the report also gives the draft cost ratio c = (draft seconds / draft call) ÷ (target seconds / target
 call of the baseline) and the loop's own overhead = 1 − (target + draft seconds) / loop seconds.
-A second table times one target forward over n new tokens (the verify step) relative to n = 1.
+A second table times one target forward over n new tokens (the verify step) relative to n = 1, and
+one forward over every tree a heads-tree decoder uses (root + nodes, tree mask).
 """
 
 from __future__ import annotations
@@ -23,27 +24,43 @@ from rich.table import Table
 from specbench.bench.runner import PromptCache, decode_one, load_models, resolve_manifest, select_items, text_tokens, token_budget
 from specbench.config import RunConfig
 from specbench.decoding.sampling import Sampling
+from specbench.decoding.tree import TreeShape
 from specbench.device import synchronize
 from specbench.jsonl import write_text_atomic
 
 
-def verify_cost(m: Any, text: torch.Tensor, prompt: torch.Tensor, sizes: tuple[int, ...] = (1, 2, 4, 8, 16), reps: int = 30) -> dict[int, float]:
-    """Median seconds of one target forward over n new tokens on a prefilled cache, per n."""
-    out: dict[int, float] = {}
+def verify_cost(
+    m: Any,
+    text: torch.Tensor,
+    prompt: torch.Tensor,
+    sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
+    trees: dict[str, TreeShape] | None = None,
+    reps: int = 30,
+) -> dict[str, tuple[int, float]]:
+    """Median seconds of one target forward on a prefilled cache: over n new tokens (causal chain) and
+    over each tree's root + nodes with its tree mask. Returns ``label -> (tokens fed, seconds)``."""
+    jobs: list[tuple[str, int, torch.Tensor | None, torch.Tensor | None]] = [(str(n), n, None, None) for n in sizes]
+    for name, shape in (trees or {}).items():
+        jobs.append((f"tree {name}", shape.size + 1, shape.mask(m.device), shape.position_offsets(m.device)))
+    out: dict[str, tuple[int, float]] = {}
     with torch.inference_mode():
-        _, _, cache = m.target.prefill(text.to(m.device), prompt.to(m.device), capacity=text.numel() + prompt.numel() + 64)
+        n_max = max(n for _, n, _, _ in jobs)
+        _, _, cache = m.target.prefill(text.to(m.device), prompt.to(m.device), capacity=text.numel() + prompt.numel() + n_max + 2)
         base = cache.length
-        for n in sizes:
+        for label, n, mask, offsets in jobs:
             toks = torch.arange(n, device=m.device) % m.target.cfg.speech_vocab
             times = []
             for _ in range(reps):
                 synchronize(m.device)
                 t0 = time.perf_counter()
-                m.target(toks, cache)
+                if mask is None:
+                    m.target(toks, cache)
+                else:
+                    m.target(toks, cache, positions=cache.speech_len + offsets, tree_mask=mask)
                 synchronize(m.device)
                 times.append(time.perf_counter() - t0)
                 cache.crop(base)
-            out[n] = statistics.median(times)
+            out[label] = (n, statistics.median(times))
     return out
 
 
@@ -92,8 +109,10 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
             }
         )
     summary = pd.DataFrame(table)
-    vc = verify_cost(m, text_tokens(items[0]), prompts.tokens(items[0]))
-    verify = pd.DataFrame([{"new_tokens": str(n), "ms": 1000 * t, "cost_vs_1": t / vc[1]} for n, t in vc.items()])
+    trees = {d.tree: m.resources.tree(d.tree) for d in cfg.decoders if d.proposer == "heads-tree" and d.tree}
+    vc = verify_cost(m, text_tokens(items[0]), prompts.tokens(items[0]), trees=trees)
+    one = vc["1"][1]
+    verify = pd.DataFrame([{"forward": label, "tokens": n, "ms": 1000 * t, "cost_vs_1": t / one} for label, (n, t) in vc.items()])
     _print(console, summary, "decoders (ratios vs " + base + ")")
     _print(console, verify, "one target forward over n new tokens")
     if out_md:

