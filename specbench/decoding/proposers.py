@@ -124,7 +124,10 @@ class HeadsProposer:
         self.calls = 0
         dev = target.head.weight.device
         # nodes grouped by depth, with their parents and ranks, precomputed once per shape
-        self._levels = [(torch.tensor([i for i in range(1, len(shape.nodes)) if shape.depth[i] == d], device=dev), d) for d in range(1, shape.max_depth + 1)]
+        self._levels = [
+            (torch.tensor([i for i in range(1, len(shape.nodes)) if shape.depth[i] == d], device=dev), d, shape.max_rank(d))
+            for d in range(1, shape.max_depth + 1)
+        ]
         self._parents = torch.tensor(shape.parents, device=dev)
         self._ranks = torch.tensor(shape.ranks, device=dev)
 
@@ -154,18 +157,18 @@ class HeadsProposer:
             return Proposal(self.shape, tokens, torch.stack(qs), sampled=True)
         if not self.heads.cfg.autoregressive:
             # one evaluation per depth serves every node of that depth
-            for nodes, d in self._levels:
+            for nodes, d, width in self._levels:
                 logits = self.heads.head_logits(h, d - 1)[0]
                 self.calls += 1
-                top = torch.topk(logits, self.shape.max_rank(d)).indices
+                top = torch.topk(logits, width).indices
                 tokens[nodes] = top[self._ranks[nodes]]
             return Proposal(self.shape, tokens, None, sampled=False)
-        for nodes, d in self._levels:
+        for nodes, d, width in self._levels:
             par = self._parents[nodes]
             uniq, inverse = torch.unique(par, return_inverse=True)
             logits = self.heads.head_logits(h.expand(len(uniq), -1), d - 1, self._prev_emb(tokens[uniq]))
             self.calls += 1
-            top = torch.topk(logits, self.shape.max_rank(d), dim=-1).indices  # [parents, R]
+            top = torch.topk(logits, width, dim=-1).indices  # [parents, R]
             tokens[nodes] = top[inverse, self._ranks[nodes]]
         return Proposal(self.shape, tokens, None, sampled=False)
 

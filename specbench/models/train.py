@@ -197,6 +197,16 @@ def set_trainable(model: CodecLM, parts: list[str]) -> int:
     return n
 
 
+def check_run_dir(out: Path, resume: bool) -> Path:
+    """``out/last.pt``; refuses to overwrite a run without ``--resume`` and to resume a missing one."""
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise RunStateError(f"{out} already holds a training run: pass --resume to continue it or choose another out_dir")
+    if resume and not last.exists():
+        raise RunStateError(f"nothing to resume in {out}: run without --resume to start training")
+    return last
+
+
 def train_target(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train (or resume) a target codec LM as configured; returns the exported ``model.pt`` path."""
     return train_lm(tc, resume=resume, log=log)
@@ -208,11 +218,7 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     from specbench.models.lm_io import load_lm
 
     out = Path(tc.out_dir)
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise RunStateError(f"{out} already holds a training run: pass --resume to continue it or choose another out_dir")
-    if resume and not last.exists():
-        raise RunStateError(f"nothing to resume in {out}: run without --resume to start training")
+    last = check_run_dir(out, resume)
     set_threads(tc.threads)
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)

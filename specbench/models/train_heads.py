@@ -36,13 +36,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from specbench.codec import load_codec
 from specbench.config import TrainHeadsConfig
 from specbench.device import resolve_device, set_threads
-from specbench.errors import ModelError, RunStateError
+from specbench.errors import ModelError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
 from specbench.models.codec_lm import CodecLM, count_parameters
 from specbench.models.heads import KIND, DraftHeads, heads_payload, save_heads
 from specbench.models.lm_io import export_model, load_lm
-from specbench.models.train import IGNORE, Example, batches, build_sequence, collate, load_examples, lr_at, pick_prompt
+from specbench.models.train import IGNORE, Example, batches, build_sequence, check_run_dir, collate, load_examples, lr_at, pick_prompt
 
 
 def shift_labels(labels: torch.Tensor, s: int) -> torch.Tensor:
@@ -164,11 +164,7 @@ def _accuracy_line(acc: list[dict[str, Any]]) -> str:
 def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train (or resume) draft heads as configured; returns ``out_dir/heads.pt``."""
     out = Path(tc.out_dir)
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise RunStateError(f"{out} already holds a training run: pass --resume to continue it or choose another out_dir")
-    if resume and not last.exists():
-        raise RunStateError(f"nothing to resume in {out}: run without --resume to start training")
+    last = check_run_dir(out, resume)
     set_threads(tc.threads)
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
