@@ -149,7 +149,7 @@ libritts-run: libritts-train libritts-trees $(LT_DATA)/test-clean.jsonl
 # table-vadusa and table-pcg likewise (recipes/vadusa_sweep.yaml, recipes/pcg_sweep.yaml); table-all: all three.
 # ci-regression runs recipes/ci.yaml into a fresh $(CI_RUN) and compares it with $(CI_REFERENCE) (exit 1 on a
 # regression); ci-reference regenerates that reference (after an intended change of the shipped models).
-.PHONY: table-ssd table-vadusa table-pcg table-all ci-reference ci-regression
+.PHONY: table-ssd table-vadusa table-pcg table-all table-vadusa-joint ci-reference ci-regression
 
 DEVICE ?= auto
 RUN_ARGS ?=
@@ -161,6 +161,20 @@ table-ssd table-vadusa table-pcg: table-%:
 	$(BIN)/specbench paper-table $* runs/$*_sweep-$(DEVICE) --out results/$*.md
 
 table-all: table-ssd table-vadusa table-pcg
+
+# Frozen vs joint VADUSA heads on the built-in model: train the joint heads (~17 min on 2 CPU cores; they
+# fine-tune a copy of the target), calibrate their budget-32 tree on the dev split, run
+# recipes/vadusa_joint.yaml, and write one table of the frozen-heads sweep (table-vadusa) and the joint run.
+table-vadusa-joint: runs/train/heads-joint/heads.pt runs/trees/vadusa-joint-32.json
+	$(BIN)/specbench run recipes/vadusa_joint.yaml --set device=$(DEVICE) --set output_dir=runs/vadusa_joint-$(DEVICE) $(RUN_ARGS)
+	$(BIN)/specbench report runs/vadusa_sweep-$(DEVICE) runs/vadusa_joint-$(DEVICE) --out results/vadusa-joint.md
+
+runs/train/heads-joint/heads.pt:
+	$(BIN)/specbench train heads --config configs/train/heads-joint.yaml $(if $(wildcard runs/train/heads-joint/last.pt),--resume)
+
+runs/trees/vadusa-joint-32.json: | runs/train/heads-joint/heads.pt
+	$(BIN)/specbench calibrate-tree recipes/calibrate-tree.yaml --heads runs/train/heads-joint/heads.pt \
+	  --budget 32 --name vadusa-joint --out-dir runs/trees --set model.checkpoint=runs/train/heads-joint/target.pt
 
 ci-regression:
 	rm -rf $(CI_RUN)

@@ -217,6 +217,15 @@ def test_report_several_runs_is_one_table_with_a_run_column(tmp_path: Path) -> N
     assert sorted(p.name for p in a.iterdir()) == before  # run folders untouched
 
 
+def test_plot_labels_show_parameter_values_compactly() -> None:
+    from specbench.bench.plots import _val
+
+    # grouping keys reach the legend as strings; γ=2.0 and γ=2 must read the same
+    assert [_val(v) for v in ("2.0", 2.0, 0.45, "0.4", "builtin:vadusa-32", "dense-small", 3)] == [
+        "2", "2", "0.45", "0.4", "vadusa-32", "dense-small", "3"
+    ]
+
+
 def test_report_of_a_non_run_folder_is_one_line(tmp_path: Path) -> None:
     res = invoke("report", tmp_path)
     assert res.exit_code == 2 and "not a specbench run folder" in res.output
@@ -434,3 +443,16 @@ def test_ci_recipe_on_tiny_assets_and_regression_gate(tiny_assets: dict[str, Any
     np.save(npy, t)
     res = invoke("compare", ref, new)
     assert res.exit_code == 1 and "sd: lossless under greedy sampling but 1/2 utterances differ" in res.output
+
+
+def test_wer_median_is_robust_to_one_looping_clip() -> None:
+    """``wer`` is the mean of per-utterance WER; ``wer_median`` its median, which one ASR loop cannot move."""
+    rows = []
+    for i, w in enumerate([0.2, 0.3, 0.4, 0.5, 10.0]):  # the last clip: the ASR repeated a word 50 times
+        base = {"decoder": "baseline", "method": "baseline", "kind": "decoder", "utt_id": f"u{i}", "repeat": 0}
+        rows.append({**base, "tokens": 10, "target_calls": 10, "rounds": 10, "proposed": 0, "accepted": 0,
+                     "lm_seconds": 0.1, "audio_seconds": 0.2, "tokens_per_s": 100.0, "lm_rtf": 0.5, "e2e_rtf": 0.6,
+                     "wer": w, "cer": w / 2, "sim": 0.8, "sim_other": 0.5, "normalizer": "seed-tts-eval-v1"})
+    table = summarize(pd.DataFrame(rows))
+    row = table.iloc[0]
+    assert row["wer"] == pytest.approx(11.4 / 5) and row["wer_median"] == pytest.approx(0.4)

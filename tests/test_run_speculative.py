@@ -94,8 +94,14 @@ def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
             assert r["rule"] == "tolerance-sample" and r["tau"] == 2 and r["tree"] == "dense-small" and r["gamma"] is None
         if dec.startswith("pcg"):
             assert r["theta"] in (0.3, 1.0) and r["proposer"] == "draft-chain"
+            # the group statistics of the decoder's θ travel with every record (paper table columns)
+            assert r["group_mean_size"] >= 1 and r["group_max_size"] >= r["group_median_size"] >= 1 and 0 <= r["group_coverage"] <= 1
+            if r["theta"] == 1.0:
+                assert r["group_mean_size"] == 1 and r["group_coverage"] == 0
+        else:
+            assert not any(k.startswith("group_") for k in r), dec
     summary = (out / "summary.csv").read_text()
-    assert "theta" in summary and "tree" in summary
+    assert "theta" in summary and "tree" in summary and "group_mean_size" in summary
     # PCG stress test on the baseline outputs: swapped tokens are re-decoded and scored
     res = CliRunner().invoke(app, ["stress-groups", str(out), "--theta", "0.0", "--fraction", "1.0"])
     assert res.exit_code == 0, res.output

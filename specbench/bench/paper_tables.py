@@ -101,6 +101,7 @@ class Layout:
 
 COMMON_METRICS = (
     ("wer", "WER"),
+    ("wer_median", "WER median"),
     ("sim", "SIM"),
     ("lm_rtf", "LM-RTF"),
     ("latency_speedup", "speedup (LM-RTF ratio)"),
@@ -146,6 +147,7 @@ LAYOUTS: dict[str, Layout] = {
             ("speedup", "speedup (tokens/s)"),
             ("latency_speedup", "speedup (LM-RTF ratio)"),
             ("wer", "WER"),
+            ("wer_median", "WER median"),
             ("sim", "SIM"),
             ("lm_rtf", "LM-RTF"),
         ),
@@ -222,7 +224,7 @@ def paper_table(method: str, run_dir: Path, out: Path, plots_dir: Path | None = 
             "",
             "### ceilings (reference audio scored the same way)",
             "",
-            _section(refs, (), (("wer", "WER"), ("sim", "SIM"), ("sim_other", "SIM to other speakers")), []),
+            _section(refs, (), (("wer", "WER"), ("wer_median", "WER median"), ("sim", "SIM"), ("sim_other", "SIM to other speakers")), []),
         ]
     parts += ["", "## paper numbers (for reference; other model, data and hardware)", "", layout.paper]
     if plots:

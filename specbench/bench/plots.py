@@ -47,6 +47,11 @@ def _colors(n: int) -> list[Any]:
 
 def _val(v: Any) -> str:
     """A parameter value for a label (3.0 → '3', 0.4 → '0.4', 'builtin:vadusa-32' → 'vadusa-32')."""
+    if isinstance(v, str):
+        try:  # grouping keys arrive as strings ('2.0')
+            v = float(v)
+        except ValueError:
+            return v.rsplit(":", 1)[-1]
     if isinstance(v, float):
         return f"{v:g}"
     return str(v).rsplit(":", 1)[-1]

@@ -5,7 +5,7 @@ Definitions (docs/metrics.md): per (decoder, utterance) the median over repeats 
 tokens_per_s(baseline) over the SAME utterances; ``latency_speedup`` = Σ lm_seconds(baseline) /
 Σ lm_seconds(method); ``call_speedup`` = Σ target_calls(baseline) / Σ target_calls(method);
 ``mean_accepted_len`` = Σ tokens / Σ rounds; ``draft_accept_rate`` = Σ accepted / Σ proposed;
-``wer``/``cer``/``sim``/``sim_other`` = means over rows. The baseline is the decoder with method
+``wer``/``cer``/``sim``/``sim_other`` = means over rows, ``wer_median`` = median per-utterance WER. The baseline is the decoder with method
 ``baseline`` named ``baseline`` (else the first baseline-method decoder).
 
 With ``repeats > 1`` every metric is also computed on each repeat alone (speedups against the
@@ -45,7 +45,7 @@ SPEED_COLS = [
     "latency_speedup",
     "call_speedup",
 ]
-QUALITY_COLS = ["wer", "cer", "sim", "sim_other"]
+QUALITY_COLS = ["wer", "wer_median", "cer", "sim", "sim_other"]
 PARAM_COLS = ["proposer", "rule", "gamma", "beta", "tau", "theta", "tree"]
 # metrics that get a ``<metric>_std`` column over repeats (all of them: under sampling every repeat
 # draws new tokens, so even counts such as target_calls vary between repeats)
@@ -183,6 +183,8 @@ def _repeat_spread(d: pd.DataFrame, base: pd.DataFrame | None) -> dict[str, floa
 def _quality(d: pd.DataFrame) -> dict[str, Any]:
     """Means over scored rows; WER/CER pooled over the corpus when the normaliser's convention says so."""
     out = {c: (d[c].astype(float).mean() if c in d and d[c].notna().any() else None) for c in QUALITY_COLS}
+    # robust to the few clips on which a small ASR loops ("pah, pah, pah ...": per-utterance WER ≫ 1)
+    out["wer_median"] = float(d["wer"].astype(float).median()) if "wer" in d and d["wer"].notna().any() else None
     if "normalizer" in d and d["normalizer"].notna().any():
         from specbench.scoring.wer import DEFAULT_AGGREGATION, aggregate_cer, aggregate_wer
 

@@ -300,6 +300,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
                 "seed": seed,
                 "text": u.text,
                 **stats.to_row(),
+                **m.resources.group_stats(d),
                 "audio_seconds": audio_seconds,
                 "decode_seconds": decode_seconds,
                 "e2e_seconds": stats.lm_seconds + decode_seconds,

@@ -42,6 +42,20 @@ class DecoderResources:
             self.groups[key] = groups_from_model(self.target, d.theta, source=d.group_source, weighting=d.group_weighting)
         return self.groups[key]
 
+    def group_stats(self, d: DecoderConfig) -> dict[str, float]:
+        """``group_*`` record columns of a group-rule decoder (sizes, coverage, memory, build time); ``{}`` otherwise."""
+        if d.rule != "group":
+            return {}
+        st = self.group_table(d).stats()
+        return {
+            "group_mean_size": st["mean_size"],
+            "group_median_size": st["median_size"],
+            "group_max_size": float(st["max_size"]),
+            "group_coverage": st["coverage"],
+            "group_memory_kb": st["memory_bytes"] / 1024,
+            "group_build_s": st["build_seconds"],
+        }
+
 
 def build_proposer(d: DecoderConfig, res: DecoderResources) -> Proposer:
     """The proposer of decoder ``d`` (fresh per utterance: proposers carry per-utterance state)."""
