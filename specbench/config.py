@@ -101,7 +101,9 @@ class DecoderConfig(Strict):
     ``heads``; the tree shape is ``tree``). Rules: ``exact`` (q-ratio for sampled candidates,
     sample-and-match for deterministic ones: lossless either way), ``greedy``, ``beta`` (SSD),
     ``tolerance`` (VADUSA, ``tau`` and ``tolerance: sample|top``), ``typical`` (Medusa) and ``group``
-    (PCG, ``theta``). ``preset`` fills the fields of :data:`METHOD_PRESETS`; keys given explicitly win.
+    (PCG, ``theta``). ``candidates: sample`` makes heads draw their candidates from their distributions
+    (chains: ratio rules valid; trees: ``exact`` and ``group`` verify by recursive rejection sampling).
+    ``preset`` fills the fields of :data:`METHOD_PRESETS`; keys given explicitly win.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -134,7 +136,7 @@ class DecoderConfig(Strict):
     @property
     def sampled(self) -> bool:
         """Are the candidates drawn from the q they carry (so ratio rules are valid)?"""
-        return self.proposer == "draft-chain" or (self.proposer == "heads-chain" and self.candidates == "sample")
+        return self.proposer == "draft-chain" or (self.proposer in ("heads-chain", "heads-tree") and self.candidates == "sample")
 
     @model_validator(mode="after")
     def _consistent(self) -> DecoderConfig:
@@ -151,12 +153,17 @@ class DecoderConfig(Strict):
             raise ValueError(f"{where}: the {self.proposer} proposer needs heads: <heads checkpoint from `specbench train heads`>")
         if self.proposer == "heads-tree" and not self.tree:
             raise ValueError(f"{where}: heads-tree needs tree: dense-small | builtin:vadusa-16|32|64 | a calibrate-tree file")
-        if self.candidates == "sample" and self.proposer != "heads-chain":
-            raise ValueError(f"{where}: candidates: sample applies to heads-chain only (a draft chain always samples; trees use top-k)")
+        if self.candidates == "sample" and self.proposer == "draft-chain":
+            raise ValueError(f"{where}: candidates: sample applies to heads proposers (a draft chain always samples)")
         if self.rule in RATIO_RULES and not self.sampled:
             raise ValueError(
-                f"{where}: rule {self.rule} needs candidates sampled from q (draft-chain, or heads-chain with candidates: sample); "
+                f"{where}: rule {self.rule} needs candidates sampled from q (draft-chain, or heads with candidates: sample); "
                 f"{self.proposer} top-k candidates need exact, greedy, tolerance or typical"
+            )
+        if self.rule == "beta" and self.proposer == "heads-tree":
+            raise ValueError(
+                f"{where}: rule beta verifies chains only; on a sampled heads-tree use exact (recursive rejection), group, "
+                "greedy, tolerance or typical, or use heads-chain with candidates: sample"
             )
         if self.rule != "beta" and self.beta:
             raise ValueError(f"{where}: beta only applies to rule: beta")
@@ -165,9 +172,10 @@ class DecoderConfig(Strict):
     def params(self) -> dict[str, Any]:
         """The method parameters recorded with every row (and used to group reports); None = n/a."""
         if self.method == "baseline":
-            return {"proposer": None, "rule": None, "gamma": 0, "beta": None, "tau": None, "theta": None, "tree": None}
+            return {"proposer": None, "candidates": None, "rule": None, "gamma": 0, "beta": None, "tau": None, "theta": None, "tree": None}
         return {
             "proposer": self.proposer,
+            "candidates": self.candidates if self.proposer != "draft-chain" else None,
             "rule": self.rule if self.rule != "tolerance" else f"tolerance-{self.tolerance}",
             "gamma": self.gamma if self.proposer != "heads-tree" else None,
             "beta": self.beta if self.rule == "beta" else None,

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 from specbench.decoding.acceptance import _group_residual, exact, group_rule, make_group
 from specbench.decoding.groups import Groups, build_groups, groups_from_model, model_table
+from specbench.decoding.tree import Proposal, dense_shape
+from specbench.decoding.tree_rules import group_tree, group_tree_verdict, recursive_rejection
 from specbench.errors import ConfigError, ModelError
 
 V = 10
@@ -133,6 +135,54 @@ def test_emitted_label_follows_coarse_target(theta: float, weighting: str, resid
     assert _chi2_pvalue(first, qc) < 1e-6  # power: the draft's label law is rejected
     alpha_c = float(torch.minimum(pc, qc).sum())
     assert abs(accepted / N - alpha_c) < 4 * (alpha_c * (1 - alpha_c) / N) ** 0.5 + 1e-3
+
+
+def _sampled_tree(q_rows: torch.Tensor, gen: torch.Generator) -> Proposal:
+    """dense_shape(3, 2): 3 root children ~ q_rows[0], 2 grandchildren each ~ q_rows[1] (i.i.d. siblings)."""
+    shape = dense_shape(3, 2)
+    tokens = torch.zeros(len(shape.nodes), dtype=torch.long)
+    q = torch.zeros(len(shape.nodes), q_rows.shape[-1])
+    for i in range(1, len(shape.nodes)):
+        q[i] = q_rows[shape.depth[i] - 1]
+        tokens[i] = torch.multinomial(q[i], 1, generator=gen)[0]
+    return Proposal(shape, tokens, q, sampled=True)
+
+
+def test_group_tree_with_singletons_is_recursive_rejection_token_for_token() -> None:
+    """Heads tree × group at θ ≥ 1 is the lossless sampled-tree rule, verdict for verdict."""
+    rule = group_tree(build_groups(_table(3), 1.0))
+    gen = torch.Generator().manual_seed(0)
+    for s in range(150):
+        p = _dists(30_000 + s, len(dense_shape(3, 2).nodes), scale=3.0)
+        q_rows = _dists(40_000 + s, 2, scale=3.0)
+        if s % 3 == 0:  # truncated supports exercise the ratio and residual guards
+            p = p * (torch.rand(p.shape, generator=gen) > 0.4)
+            p[:, 0] += 1e-3
+            p = p / p.sum(-1, keepdim=True)
+        if s % 10 == 1:  # greedy: one-hot p and q
+            p, q_rows = torch.eye(V)[p.argmax(-1)], torch.eye(V)[q_rows.argmax(-1)]
+        prop = _sampled_tree(q_rows, gen)
+        want = recursive_rejection(p, prop, torch.Generator().manual_seed(s))
+        got = rule(p, prop, torch.Generator().manual_seed(s))
+        assert got == want, f"case {s}: {got} != {want}"
+
+
+def test_group_tree_emitted_label_follows_coarse_target() -> None:
+    """Sampled tree × group: the label behind the first emitted token ~ P_c = W p0, whichever of
+    the three sibling drafts (or the residual) produced it; the draft's Q_c is rejected (power)."""
+    groups = build_groups(_table(4), 0.3, special=[V - 1])
+    assert groups.stats()["mean_size"] > 1.5
+    p, q_rows = _dists(5, len(dense_shape(3, 2).nodes)), _dists(6, 2)
+    pc, qc = groups.coarse(p[0]), groups.coarse(q_rows[0])
+    gen = torch.Generator().manual_seed(8)
+    first = torch.empty(N, dtype=torch.long)
+    for i in range(N):
+        labels: list[int] = []
+        vd = group_tree_verdict(p, _sampled_tree(q_rows, gen), gen, groups, labels)
+        assert len(labels) == len(vd.path) + 1
+        first[i] = labels[0]
+    assert _chi2_pvalue(first, pc) > 1e-3
+    assert _chi2_pvalue(first, qc) < 1e-6
 
 
 def test_coarse_acceptance_dominates_token_acceptance() -> None:

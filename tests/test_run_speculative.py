@@ -42,7 +42,8 @@ def test_speculative_decoders_in_a_run(tiny_assets, tmp_path) -> None:
 
 
 def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
-    """Heads tree × tolerance, heads chain (sampled) × beta, draft chain × group, draft chain × typical:
+    """Heads tree × tolerance, heads chain (sampled) × beta, sampled heads tree × exact (recursive
+    rejection) and × group, draft chain × group, draft chain × typical:
     all run end to end; greedy lossless controls reproduce the baseline tokens; calibrate-tree works."""
     import numpy as np
     import torch
@@ -73,6 +74,25 @@ def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
                 "beta": 0.2,
                 "heads": str(heads_path),
             },
+            {
+                "name": "tree_rrs",
+                "method": "speculative",
+                "proposer": "heads-tree",
+                "candidates": "sample",
+                "rule": "exact",
+                "heads": str(heads_path),
+                "tree": "dense-small",
+            },
+            {
+                "name": "tree_group",
+                "method": "speculative",
+                "proposer": "heads-tree",
+                "candidates": "sample",
+                "rule": "group",
+                "theta": 1.0,
+                "heads": str(heads_path),
+                "tree": "dense-small",
+            },
             {"name": "pcg", "preset": "pcg", "draft": model, "sweep": {"theta": [0.3, 1.0]}},
             {"name": "typ", "method": "speculative", "proposer": "draft-chain", "rule": "typical", "draft": model},
         ],
@@ -84,16 +104,16 @@ def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     by = {(r["decoder"], r["utt_id"]): r for r in rows if r["kind"] == "decoder"}
-    assert {d for d, _ in by} == {"baseline", "tree_greedy", "vadusa", "hchain", "pcg_theta0.3", "pcg_theta1", "typ"}
+    assert {d for d, _ in by} == {"baseline", "tree_greedy", "vadusa", "hchain", "tree_rrs", "tree_group", "pcg_theta0.3", "pcg_theta1", "typ"}
     for (dec, utt), r in by.items():
         base = np.load(out / by[("baseline", utt)]["audio"].replace(".wav", ".tokens.npy"))
         mine = np.load(out / r["audio"].replace(".wav", ".tokens.npy"))
-        if dec in ("tree_greedy", "pcg_theta1", "typ"):  # greedy sampling: all these are lossless
+        if dec in ("tree_greedy", "tree_rrs", "tree_group", "pcg_theta1", "typ"):  # greedy sampling: all these are lossless
             assert np.array_equal(mine, base), dec
         if dec == "vadusa":
             assert r["rule"] == "tolerance-sample" and r["tau"] == 2 and r["tree"] == "dense-small" and r["gamma"] is None
-        if dec.startswith("pcg"):
-            assert r["theta"] in (0.3, 1.0) and r["proposer"] == "draft-chain"
+        if dec.startswith("pcg") or dec == "tree_group":
+            assert r["theta"] in (0.3, 1.0) and r["proposer"] == ("heads-tree" if dec == "tree_group" else "draft-chain")
             # the group statistics of the decoder's θ travel with every record (paper table columns)
             assert r["group_mean_size"] >= 1 and r["group_max_size"] >= r["group_median_size"] >= 1 and 0 <= r["group_coverage"] <= 1
             if r["theta"] == 1.0:
@@ -127,7 +147,11 @@ def test_incompatible_proposer_rule_pairs_are_config_errors(tiny_assets, tmp_pat
         ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "beta", "heads": "h.pt", "tree": "dense-small"}, "sampled"),
         ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "group", "heads": "h.pt", "tree": "dense-small"}, "sampled"),
         ({"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "tolerance", "heads": "h.pt"}, "tree"),
-        ({"name": "x", "method": "speculative", "proposer": "draft-chain", "rule": "exact", "draft": model, "candidates": "sample"}, "heads-chain only"),
+        ({"name": "x", "method": "speculative", "proposer": "draft-chain", "rule": "exact", "draft": model, "candidates": "sample"}, "heads proposers"),
+        (
+            {"name": "x", "method": "speculative", "proposer": "heads-tree", "rule": "beta", "heads": "h.pt", "tree": "dense-small", "candidates": "sample"},
+            "verifies chains only",
+        ),
     ]
     for dec, msg in bad:
         path = tmp_path / "r.yaml"

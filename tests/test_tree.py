@@ -13,7 +13,7 @@ from specbench.decoding.generate import generate
 from specbench.decoding.proposers import HeadsProposer
 from specbench.decoding.sampling import Sampling
 from specbench.decoding.tree import Proposal, TreeShape, chain_shape, dense_shape, load_tree
-from specbench.decoding.tree_rules import best_path, expected_acceptance, greedy_tree, sample_tau, top_tau, typical
+from specbench.decoding.tree_rules import TreeVerdict, best_path, expected_acceptance, greedy_tree, recursive_rejection, sample_tau, top_tau, typical
 from specbench.errors import ConfigError
 from specbench.models.codec_lm import CodecLM, ModelConfig
 from specbench.models.heads import DraftHeads
@@ -189,6 +189,88 @@ def test_sample_tau_first_token_marginal_and_tau_monotone() -> None:
         rg = torch.Generator().manual_seed(4)
         mean_len.append(sum(len(sample_tau(tau)(p, prop, rg).path) for _ in range(3000)) / 3000)
     assert mean_len[0] < mean_len[1] < mean_len[2]
+
+
+def _sampled_tree_trials(rule, trials: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``rule`` on fresh sampled trees: 3 root children ~ q0, 2 children each ~ Q1[parent token].
+
+    Returns the first emitted tokens' histogram, p0, and for rounds that accepted a depth-1 node the
+    second emitted tokens' histogram with its expectation Σ P1[t1] (the target given that node).
+    """
+    v = 6
+    gen = torch.Generator().manual_seed(seed)
+    shape = dense_shape(3, 2)  # root → 3 children → 2 children each (sibling candidates are i.i.d.)
+    depth1 = [i for i in range(1, len(shape.nodes)) if shape.depth[i] == 1]
+    p0, q0 = _random_p(1, v, gen)[0], _random_p(1, v, gen)[0]
+    big_p, big_q = _random_p(v, v, gen), _random_p(v, v, gen)  # rows: target / draft after token t
+    first, second, expect2 = torch.zeros(v), torch.zeros(v), torch.zeros(v)
+    d1 = torch.tensor(depth1)
+    d2 = torch.tensor([i for i in range(1, len(shape.nodes)) if shape.depth[i] == 2])
+    par2 = torch.tensor(shape.parents)[d2]
+    for _ in range(trials):
+        tokens = torch.zeros(len(shape.nodes), dtype=torch.long)
+        q = torch.zeros(len(shape.nodes), v)
+        tokens[d1] = torch.multinomial(q0, len(depth1), replacement=True, generator=gen)
+        q[d1] = q0
+        q[d2] = big_q[tokens[par2]]
+        tokens[d2] = torch.multinomial(q[d2], 1, generator=gen)[:, 0]
+        p = big_p[tokens]
+        p[0] = p0
+        vd = rule(p, Proposal(shape, tokens, q, sampled=True), gen)
+        emitted = [int(tokens[i]) for i in vd.path] + [vd.token]
+        first[emitted[0]] += 1
+        if vd.path and vd.path[0] in depth1:
+            second[emitted[1]] += 1
+            expect2 += big_p[emitted[0]]
+    return first, p0, second, expect2
+
+
+def test_recursive_rejection_on_sampled_trees_is_target_distributed() -> None:
+    """Exact verification of a SAMPLED tree: the first token ~ p0 whichever sibling (or residual)
+    produced it, and after an accepted node the next token ~ p given that node."""
+    first, p0, second, expect2 = _sampled_tree_trials(recursive_rejection, 12000, seed=11)
+    assert chisquare(first, p0 * first.sum()).pvalue > 1e-3
+    assert chisquare(second, expect2 * second.sum() / expect2.sum()).pvalue > 1e-3
+    assert second.sum() > 3000  # the multi-sibling walk accepted often enough to test depth 2
+
+    def no_residual_update(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> TreeVerdict:
+        """The classic bug: every sibling tested against p itself instead of the running residual."""
+        kids = [i for i in range(1, len(proposal.shape.nodes)) if proposal.shape.parents[i] == 0]
+        for c in kids:
+            x = int(proposal.tokens[c])
+            if float(torch.rand((), generator=generator)) < min(1.0, float(p[0, x] / proposal.q[c, x])):
+                return TreeVerdict([c], 0)
+        return TreeVerdict([], int(torch.multinomial(p[0], 1, generator=generator)[0]))
+
+    bad, p0, _, _ = _sampled_tree_trials(no_residual_update, 12000, seed=11)
+    assert chisquare(bad, p0 * bad.sum()).pvalue < 1e-6  # the test above has the power to see it
+
+
+def test_recursive_rejection_needs_sampled_candidates() -> None:
+    shape = dense_shape(2, 1)
+    with pytest.raises(ValueError, match="sampled proposal"):
+        recursive_rejection(torch.full((3, 4), 0.25), _fixed_proposal(shape, [0, 1, 2]), torch.Generator())
+
+
+@pytest.mark.parametrize("autoregressive", [False, True])
+def test_sampled_heads_tree_proposals_and_greedy_equivalence(autoregressive: bool) -> None:
+    """Sampled heads trees: siblings share one q (given the parent) and carry tokens q gives mass to;
+    under greedy sampling recursive rejection reproduces the greedy baseline."""
+    target = _target()
+    heads = _heads(target, autoregressive)
+    shape = load_tree("dense-small")
+    prop = HeadsProposer(heads, target, shape, candidates="sample")
+    hidden = torch.randn(target.cfg.d_model)
+    pr = prop.propose(3, hidden, Sampling(temperature=1.0), torch.Generator().manual_seed(0))
+    assert pr.sampled and pr.q is not None
+    for i in range(1, len(shape.nodes)):
+        assert pr.q[i, pr.tokens[i]] > 0
+        for j in range(i + 1, len(shape.nodes)):
+            if shape.parents[i] == shape.parents[j]:
+                torch.testing.assert_close(pr.q[i], pr.q[j])
+    base, _ = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator())
+    toks, st = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator(), HeadsProposer(heads, target, shape, "sample"), recursive_rejection)
+    assert torch.equal(toks, base) and st.accepted > 0
 
 
 def test_top_tau_1_and_typical_under_greedy_equal_greedy() -> None:

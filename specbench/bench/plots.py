@@ -60,6 +60,8 @@ def _val(v: Any) -> str:
 def family(row: pd.Series) -> str:
     """'baseline', or 'proposer × rule' of a speculative decoder (prefixed by the run when stacked)."""
     prop, rule = row.get("proposer"), row.get("rule")
+    if isinstance(prop, str) and row.get("candidates") == "sample" and prop.startswith("heads"):
+        prop += " (sampled)"  # same proposer, different candidates: a different method
     name = "baseline" if not isinstance(prop, str) else f"{prop} × {rule}"
     run = row.get("run")
     return f"{run}: {name}" if isinstance(run, str) else name

@@ -46,7 +46,7 @@ SPEED_COLS = [
     "call_speedup",
 ]
 QUALITY_COLS = ["wer", "wer_median", "cer", "sim", "sim_other"]
-PARAM_COLS = ["proposer", "rule", "gamma", "beta", "tau", "theta", "tree"]
+PARAM_COLS = ["proposer", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
 # metrics that get a ``<metric>_std`` column over repeats (all of them: under sampling every repeat
 # draws new tokens, so even counts such as target_calls vary between repeats)
 STD_METRICS = [*SPEED_COLS, *QUALITY_COLS]

@@ -13,7 +13,7 @@ from specbench.config import DecoderConfig
 from specbench.decoding.acceptance import build_rule
 from specbench.decoding.proposers import DraftChainProposer, HeadsProposer, Proposer
 from specbench.decoding.tree import TreeShape, chain_shape, load_tree
-from specbench.decoding.tree_rules import TreeRule, as_tree_rule, greedy_tree, sample_tau, top_tau, typical
+from specbench.decoding.tree_rules import TreeRule, as_tree_rule, greedy_tree, group_tree, recursive_rejection, sample_tau, top_tau, typical
 from specbench.errors import ConfigError, ModelError
 from specbench.models.codec_lm import CodecLM
 
@@ -72,18 +72,22 @@ def build_proposer(d: DecoderConfig, res: DecoderResources) -> Proposer:
 def build_tree_rule(d: DecoderConfig, res: DecoderResources) -> TreeRule:
     """The acceptance rule of decoder ``d``, as a tree rule (chain rules adapted).
 
-    ``exact`` is the q-ratio rule for sampled candidates and sample-and-match (sample-τ, τ = 1) for
-    deterministic ones; both are lossless.
+    ``exact`` is lossless in all three cases: the q-ratio rule for sampled chains, recursive rejection
+    for sampled trees, sample-and-match (sample-τ, τ = 1) for deterministic (top-k) candidates.
     """
     rule = d.rule or ""
     if rule == "greedy":
         return greedy_tree
     if rule == "exact" and not d.sampled:
         return sample_tau(1)
+    if rule == "exact" and d.proposer == "heads-tree":
+        return recursive_rejection
     if rule == "tolerance":
         return sample_tau(d.tau) if d.tolerance == "sample" else top_tau(d.tau)
     if rule == "typical":
         return typical(d.typical_eps, d.typical_delta)
+    if rule == "group" and d.proposer == "heads-tree":
+        return group_tree(res.group_table(d))
     if rule == "group":
         from specbench.decoding.acceptance import make_group
 

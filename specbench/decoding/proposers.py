@@ -108,8 +108,10 @@ class HeadsProposer:
     Node at depth d takes a candidate of head d−1 (0-based) evaluated on ``hidden`` (the state that
     produced the root). ``candidates='topk'``: the node's rank-r token of that head (deterministic;
     autoregressive heads also condition on the parent's token, so siblings under different parents may
-    differ). ``candidates='sample'`` (chains only): x_d ~ q_d = the warped head distribution, so the
-    ratio rules (exact, beta, group) are valid. Stateless between rounds: the heads need no cache.
+    differ). ``candidates='sample'``: every node's token is drawn from q = the warped distribution of its
+    head (given its parent's token for autoregressive heads), so siblings are i.i.d. draws from one q:
+    chains then admit the ratio rules (exact, beta, group) and trees the recursive-rejection ``exact``.
+    Stateless between rounds: the heads need no cache.
     """
 
     def __init__(self, heads: DraftHeads, target: CodecLM, shape: TreeShape, candidates: str = "topk") -> None:
@@ -117,8 +119,6 @@ class HeadsProposer:
             raise ValueError(f"tree {shape.name} is {shape.max_depth} deep but the heads checkpoint has {heads.cfg.n_heads} heads")
         if candidates not in ("topk", "sample"):
             raise ValueError("candidates must be 'topk' or 'sample'")
-        if candidates == "sample" and not shape.is_chain:
-            raise ValueError("sampled head candidates are supported for chains only (use candidates: topk for trees)")
         self.heads, self.target, self.shape, self.candidates = heads, target, shape, candidates
         self.sampled = candidates == "sample"
         self.calls = 0
@@ -147,14 +147,7 @@ class HeadsProposer:
         tokens[0] = root
         h = hidden.reshape(1, -1)
         if self.sampled:
-            qs = [torch.zeros(self.heads.cfg.vocab, device=dev)]
-            for d in range(1, n):
-                logits = self.heads.head_logits(h, d - 1, self._prev_emb(tokens[d - 1 : d]))[0]
-                self.calls += 1
-                q = warp(logits, sampling)
-                tokens[d] = q.argmax() if sampling.greedy else sample(q, generator)
-                qs.append(q)
-            return Proposal(self.shape, tokens, torch.stack(qs), sampled=True)
+            return self._propose_sampled(tokens, h, sampling, generator)
         if not self.heads.cfg.autoregressive:
             # one evaluation per depth serves every node of that depth
             for nodes, d, width in self._levels:
@@ -171,6 +164,24 @@ class HeadsProposer:
             top = torch.topk(logits, width, dim=-1).indices  # [parents, R]
             tokens[nodes] = top[inverse, self._ranks[nodes]]
         return Proposal(self.shape, tokens, None, sampled=False)
+
+    def _propose_sampled(self, tokens: torch.Tensor, h: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
+        """Each node's token ~ q of its head given its parent (one head call per depth and distinct parent)."""
+        q_all = torch.zeros(len(tokens), self.heads.cfg.vocab, device=h.device)
+        for nodes, d, _ in self._levels:
+            par = self._parents[nodes]
+            if self.heads.cfg.autoregressive:
+                uniq, inverse = torch.unique(par, return_inverse=True)
+                logits = self.heads.head_logits(h.expand(len(uniq), -1), d - 1, self._prev_emb(tokens[uniq]))
+            else:
+                logits, inverse = self.heads.head_logits(h, d - 1), torch.zeros_like(par)
+            self.calls += 1
+            q = warp(logits, sampling)  # [parents, V]
+            q_all[nodes] = q[inverse]
+            for j, node in enumerate(nodes.tolist()):  # one draw per node, in node order: siblings i.i.d.
+                row = q[inverse[j]]
+                tokens[node] = row.argmax() if sampling.greedy else sample(row, generator)
+        return Proposal(self.shape, tokens, q_all, sampled=True)
 
     def commit(self, path: list[int], token: int) -> None:
         """Nothing to roll back: the next round starts from the target's hidden state."""

@@ -7,8 +7,10 @@ proposal's node i > 0 carries token ``c_i`` under parent ``π(i)``. Each rule de
 accepted root-to-node path wins (ties: highest Σ log p of its tokens) and ONE token is emitted from
 ``p`` at the path's last node, by the rule's fallback. No model inside.
 
-Why match-based: tree candidates are the heads' top-k (deterministic), so the q-ratio rules would
-not be lossless (methods.md §3); ``exact`` for such trees is sample-and-match (= sample-τ with τ = 1).
+Why match-based: tree candidates are usually the heads' top-k (deterministic), so the q-ratio rules
+would not be lossless (methods.md §3); ``exact`` for such trees is sample-and-match (= sample-τ with
+τ = 1). Trees whose children are SAMPLED from the heads use :func:`recursive_rejection` (and PCG's
+:func:`group_tree`, the same walk over group labels) instead.
 Chain rules that do need sampled candidates (exact q-ratio, beta, group) are adapted with
 :func:`chain_rule_on_tree`.
 """
@@ -17,11 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from specbench.decoding.acceptance import ChainRule
+from specbench.decoding.acceptance import RESIDUAL_EPS, ChainRule
+from specbench.decoding.sampling import sample
 from specbench.decoding.tree import Proposal
+
+if TYPE_CHECKING:
+    from specbench.decoding.groups import Groups
 
 TYPICAL_EPS = 0.09
 TYPICAL_DELTA = 0.3
@@ -142,6 +149,113 @@ def typical(eps: float = TYPICAL_EPS, delta: float = TYPICAL_DELTA) -> TreeRule:
         return TreeVerdict(path, _emit_sample(p[last], generator))
 
     rule.__name__ = f"typical_{eps:g}_{delta:g}"
+    return tree_rule(rule)
+
+
+def _multi_draft_walk(
+    p: torch.Tensor,
+    proposal: Proposal,
+    generator: torch.Generator,
+    coarse: Callable[[torch.Tensor], torch.Tensor],
+    label: Callable[[int], int],
+    emit: Callable[[torch.Tensor, torch.Tensor], tuple[int, int]],
+    labels: list[int] | None = None,
+) -> TreeVerdict:
+    """Recursive rejection over the children of each node, in a label space (tokens, or PCG groups).
+
+    ``coarse`` maps a token distribution to the label distribution, ``label`` draws a candidate
+    token's label, ``emit(p_node, r)`` draws the emitted (token, label) once every child failed (r: the
+    running label residual). Children are visited in node order; u ~ U[0, 1) is drawn per visited
+    child. ``labels``, when given, receives the label behind each emitted token in order.
+    """
+    if not proposal.sampled or proposal.q is None:
+        raise ValueError("recursive rejection needs a sampled proposal (children drawn from the q they carry)")
+    parents, tokens, q = proposal.shape.parents, proposal.tokens.tolist(), proposal.q
+    children: list[list[int]] = [[] for _ in parents]
+    for i in range(1, len(parents)):
+        children[parents[i]].append(i)
+    node, path = 0, []
+    while True:
+        r = coarse(p[node])
+        nxt = None
+        for c in children[node]:
+            k = label(tokens[c])
+            qc = coarse(q[c])
+            qk = float(qc[k])
+            u = float(torch.rand((), generator=generator, device=p.device))
+            # the label of a drawn candidate has q-mass > 0; a dead draft passes only if r(k) > 0
+            ratio = float(r[k]) / qk if qk > 0.0 else float(float(r[k]) > 0.0)
+            if u < min(1.0, ratio):
+                nxt = c
+                if labels is not None:
+                    labels.append(k)
+                break
+            residual = (r - qc).clamp(min=0.0)
+            mass = float(residual.sum())
+            if mass > RESIDUAL_EPS:  # else r == qc up to rounding: keep r
+                r = residual / mass
+        if nxt is None:
+            token, k = emit(p[node], r)
+            if labels is not None:
+                labels.append(k)
+            return TreeVerdict(path, token)
+        path.append(nxt)
+        node = nxt
+
+
+@tree_rule
+def recursive_rejection(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> TreeVerdict:
+    """Lossless verification of a SAMPLED tree (multi-draft speculative sampling, SpecInfer).
+
+    Precondition: the children of every node were drawn i.i.d. (with replacement) from one draft
+    distribution ``q`` given that node (``proposal.q`` of each child). Walk from the root with
+    r = p[node]; for each child c in order draw u ~ U[0, 1): accept c iff u < min(1, r(c)/q(c)), then
+    descend into c; else r ← norm(max(0, r − q)) and try the next sibling. When every child is
+    rejected (or the node is a leaf) emit y ~ r. Each sibling is one speculative-sampling step whose
+    target is the previous step's residual, so the token leaving a node is distributed exactly as
+    p[node] and the whole output as the target's (Miao et al. 2023, SpecInfer). A one-path tree is the
+    chain ``exact`` rule.
+    """
+    def emit(_p: torch.Tensor, r: torch.Tensor) -> tuple[int, int]:
+        y = _emit_sample(r, generator)
+        return y, y
+
+    return _multi_draft_walk(p, proposal, generator, lambda d: d, lambda t: t, emit)
+
+
+def group_tree_verdict(
+    p: torch.Tensor, proposal: Proposal, generator: torch.Generator, groups: Groups, labels: list[int] | None = None
+) -> TreeVerdict:
+    """PCG on a SAMPLED tree: :func:`recursive_rejection` over group labels (methods.md §4).
+
+    Each candidate t gets a label k ~ w_{·,t}; siblings' labels are i.i.d. from Q_c = W q. With
+    R = P_c = W p[node], child j is accepted iff u < min(1, R(k_j)/Q_c(k_j)), else R ← norm(max(0,
+    R − Q_c)); when all children fail, k' ~ R and t' ∝ p(t') w_{k',t'} on G_{k'}. The label behind
+    every emitted token is distributed exactly as P_c (the chain group rule's guarantee, now with
+    several drafts per position); accepted tokens keep their draft identity within the group. With
+    singleton groups (θ ≥ 1) it consumes the generator like :func:`recursive_rejection` and returns the
+    same verdicts. The residual is the exact dense one (a running residual has no thinning sampler).
+    ``labels`` as in :func:`specbench.decoding.acceptance.group_rule`; ``groups`` on p's device.
+    """
+
+    def emit(p_node: torch.Tensor, r: torch.Tensor) -> tuple[int, int]:
+        k = int(sample(r, generator))
+        return groups.sample_member(p_node, k, generator), k
+
+    return _multi_draft_walk(p, proposal, generator, groups.coarse, lambda t: groups.sample_label(t, generator), emit, labels)
+
+
+def group_tree(groups: Groups) -> TreeRule:
+    """:func:`group_tree_verdict` over fixed ``groups`` as a tree rule (groups moved to p's device once)."""
+    placed: dict[torch.device, Groups] = {groups.device: groups}
+
+    def rule(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> TreeVerdict:
+        g = placed.get(p.device)
+        if g is None:
+            g = placed[p.device] = groups.to(p.device)
+        return group_tree_verdict(p, proposal, generator, g)
+
+    rule.__name__ = f"group_tree_{groups.theta:g}"
     return tree_rule(rule)
 
 
