@@ -194,8 +194,9 @@ class AsrConfig(Strict):
     ``transformers`` = Hugging Face Whisper directory (``save_pretrained`` layout, e.g. whisper-large-v3).
     ``model`` is that path (unused by ``embedded``). ``compute_type``: CTranslate2 type for the
     faster-whisper backends (default int8); float32 (default) / float16 (CUDA) / bfloat16
-    (transformers only) for the torch backends. ``batch_size``: 30-second windows per
-    ``generate`` call (transformers only; the others decode one clip at a time and require 1).
+    (transformers only) for the torch backends. ``batch_size``: clips per ``transcribe`` call in the
+    score step and 30-second windows per ``generate`` call (transformers only; the others decode one
+    clip at a time and require 1).
     ``threads``: CPU threads of the ASR engine.
     """
 

@@ -308,6 +308,32 @@ def test_generate_score_report_match_run(first_run: dict[str, Any], tiny_assets:
     assert (out / "scores.jsonl").read_bytes() == scores
 
 
+def test_score_step_sends_clips_to_the_asr_in_batch_size_chunks(tiny_assets: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scoring.asr.batch_size clips per transcribe call (what the transformers backend batches)."""
+    from specbench.bench.runner import load_run_config, score_step
+
+    out = tmp_path / "batched"
+    recipe = tiny_recipe(tiny_assets, out)
+    recipe["decoders"] = [{"name": "baseline"}, {"name": "again", "method": "baseline"}]
+    ok("generate", write_recipe(tmp_path / "b.yaml", recipe))
+    n_rows = len(rows(out / "records.jsonl"))
+    calls: list[int] = []
+
+    class FakeAsr:
+        id = "fake-asr"
+
+        def transcribe(self, wavs: list[np.ndarray], sr: int) -> list[str]:
+            calls.append(len(wavs))
+            return [f"clip {len(calls)}.{i}" for i in range(len(wavs))]
+
+    monkeypatch.setattr("specbench.scoring.build_asr", lambda cfg: FakeAsr())
+    cfg = load_run_config(out, ["scoring.asr.batch_size=3"])
+    assert score_step(cfg, out, log=lambda *a: None) == n_rows
+    assert calls == [3] * (n_rows // 3) + ([n_rows % 3] if n_rows % 3 else [])
+    hyps = [r["hyp"] for r in read_jsonl(out / "scores.jsonl")]
+    assert len(hyps) == n_rows and len(set(hyps)) == n_rows  # each row got its own clip's transcript
+
+
 def test_score_and_report_need_a_run_folder(tmp_path: Path) -> None:
     assert "not a specbench run folder" in fails("score", tmp_path)
     assert "not a specbench run folder" in fails("report", tmp_path)

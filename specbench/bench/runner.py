@@ -371,8 +371,6 @@ def scorer_ids(cfg: RunConfig) -> dict[str, str]:
 def score_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
     """Add WER/CER/SIM rows for every record not yet scored by this scorer; returns rows added."""
     from specbench.scoring import build_asr, build_speaker
-    from specbench.scoring.speaker import cosine
-    from specbench.scoring.wer import utterance_wer
 
     if not cfg.scoring.enabled:
         log("scoring disabled (scoring.enabled: false)")
@@ -398,34 +396,69 @@ def score_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
             prompt_emb[r["prompt_audio"]] = spk.embed(wav, sr)
             prompt_spk[r["prompt_audio"]] = r["speaker"]
     added = 0
+    # clips go to the ASR in chunks of batch_size (the transformers backend batches them; the others
+    # take batch_size 1); rows are still appended one by one, so an interruption loses at most a chunk
+    chunk = max(1, cfg.scoring.asr.batch_size)
     with _progress() as progress:
         task = progress.add_task("scoring", total=len(todo))
-        for r in todo:
-            progress.update(task, description=f"scoring {r['decoder']} {r['utt_id']}")
-            wav, sr = read_audio(resolve_audio(out, r["audio"]))
-            hyp = asr.transcribe([wav], sr)[0]
-            w = utterance_wer(r["text"], hyp, cfg.scoring.normalizer)
-            emb = spk.embed(wav, sr)
-            others = [cosine(emb, e) for p, e in prompt_emb.items() if prompt_spk[p] != r["speaker"]]
-            row = {
-                "key": record_key(r["decoder"], r["utt_id"], r["repeat"]),
-                "scorer": scorer,
-                **ids,
-                "wer": w["wer"],
-                "cer": w["cer"],
-                "ref_words": w["ref_words"],
-                "edits": w["edits"],
-                "ref_chars": w["ref_chars"],
-                "char_edits": w["char_edits"],
-                "hyp": hyp,
-                "sim": cosine(emb, prompt_emb[r["prompt_audio"]]),
-                "sim_other": float(np.mean(others)) if (others and cfg.scoring.cross_speaker) else None,
-            }
-            append_jsonl(score_path, row)
-            added += 1
-            progress.advance(task)
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            progress.update(task, description=f"scoring {part[0]['decoder']} {part[0]['utt_id']}")
+            audio = [read_audio(resolve_audio(out, r["audio"])) for r in part]
+            hyps = _transcribe_chunk(asr, audio)
+            for r, (wav, sr), hyp in zip(part, audio, hyps, strict=True):
+                _score_row(r, wav, sr, hyp, cfg, ids, scorer, spk, prompt_emb, prompt_spk, score_path)
+                added += 1
+                progress.advance(task)
     log(f"scoring: {added} new rows in {score_path}")
     return added
+
+
+def _transcribe_chunk(asr: Any, audio: list[tuple[np.ndarray, int]]) -> list[str]:
+    """One ``transcribe`` call per sample rate present in the chunk (a run's clips share one rate)."""
+    hyps: list[str | None] = [None] * len(audio)
+    for sr in dict.fromkeys(s for _, s in audio):
+        idx = [i for i, (_, s) in enumerate(audio) if s == sr]
+        for i, text in zip(idx, asr.transcribe([audio[i][0] for i in idx], sr), strict=True):
+            hyps[i] = text
+    return [h or "" for h in hyps]
+
+
+def _score_row(
+    r: dict[str, Any],
+    wav: np.ndarray,
+    sr: int,
+    hyp: str,
+    cfg: RunConfig,
+    ids: dict[str, str],
+    scorer: str,
+    spk: Any,
+    prompt_emb: dict[str, np.ndarray],
+    prompt_spk: dict[str, str],
+    score_path: Path,
+) -> None:
+    """Score one record (WER/CER from ``hyp``, SIM and SIM-other) and append its row to the journal."""
+    from specbench.scoring.speaker import cosine
+    from specbench.scoring.wer import utterance_wer
+
+    w = utterance_wer(r["text"], hyp, cfg.scoring.normalizer)
+    emb = spk.embed(wav, sr)
+    others = [cosine(emb, e) for p, e in prompt_emb.items() if prompt_spk[p] != r["speaker"]]
+    row = {
+        "key": record_key(r["decoder"], r["utt_id"], r["repeat"]),
+        "scorer": scorer,
+        **ids,
+        "wer": w["wer"],
+        "cer": w["cer"],
+        "ref_words": w["ref_words"],
+        "edits": w["edits"],
+        "ref_chars": w["ref_chars"],
+        "char_edits": w["char_edits"],
+        "hyp": hyp,
+        "sim": cosine(emb, prompt_emb[r["prompt_audio"]]),
+        "sim_other": float(np.mean(others)) if (others and cfg.scoring.cross_speaker) else None,
+    }
+    append_jsonl(score_path, row)
 
 
 def run(cfg: RunConfig, steps: tuple[str, ...] = ("generate", "score", "report"), log: Log = print) -> Path:
