@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import sys
+
 import torch
 
 from specbench.errors import ConfigError
@@ -30,3 +35,24 @@ def set_threads(n: int | None) -> None:
     """Set torch's intra-op threads when ``n`` is given."""
     if n is not None:
         torch.set_num_threads(n)
+
+
+@functools.cache
+def _libc_malloc_trim() -> object | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+        return None
+
+
+def release_host_memory() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Why: CPU training on variable-length batches leaves glibc arenas fragmented, and RSS grows by tens
+    of MB per step (measured: 5.7 GB after 110 steps of the small preset) although nothing is live.
+    """
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)

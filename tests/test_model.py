@@ -132,3 +132,16 @@ def test_shipped_codec_and_model_agree() -> None:
     model, obj = load_lm("builtin:target-small")
     assert obj["codec_id"] == codec.id
     assert model.cfg.speech_vocab == codec.vocab_size
+
+
+def test_release_host_memory_trims_the_glibc_heap() -> None:
+    """Training calls it every few steps on CPU: on glibc Linux it must resolve malloc_trim and run."""
+    import sys
+
+    from specbench.device import _libc_malloc_trim, release_host_memory
+
+    if sys.platform.startswith("linux"):
+        assert _libc_malloc_trim() is not None
+    chunks = [bytearray(64 * 1024) for _ in range(2000)]  # ~128 MB of small heap blocks, then freed
+    del chunks
+    release_host_memory()  # no return value; must not raise (a no-op where there is no glibc)

@@ -28,7 +28,7 @@ from specbench.codec import load_codec
 from specbench.config import TrainTargetConfig
 from specbench.data.manifest import load_manifest
 from specbench.data.tokens import tokenize_manifest
-from specbench.device import resolve_device, set_threads
+from specbench.device import release_host_memory, resolve_device, set_threads
 from specbench.errors import DataError, ModelError, RunStateError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
@@ -37,6 +37,7 @@ from specbench.models.lm_io import KIND, export_model, model_payload
 from specbench.text import encode_phonemes
 
 IGNORE = -100
+TRIM_EVERY = 10  # steps between malloc_trim calls on CPU (see device.release_host_memory)
 
 
 @dataclass
@@ -283,6 +284,8 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
             torch.nn.utils.clip_grad_norm_([p for _, p in params], tc.grad_clip)
             opt.step()
             step += 1
+            if device.type == "cpu" and step % TRIM_EVERY == 0:
+                release_host_memory()
             tokens_seen += int((ids != 0).sum())
             now = time.perf_counter()
             lv = float(loss.detach())

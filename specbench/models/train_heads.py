@@ -35,14 +35,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from specbench.codec import load_codec
 from specbench.config import TrainHeadsConfig
-from specbench.device import resolve_device, set_threads
+from specbench.device import release_host_memory, resolve_device, set_threads
 from specbench.errors import ModelError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
 from specbench.models.codec_lm import CodecLM, count_parameters
 from specbench.models.heads import KIND, DraftHeads, heads_payload, save_heads
 from specbench.models.lm_io import export_model, load_lm
-from specbench.models.train import IGNORE, Example, batches, build_sequence, check_run_dir, collate, load_examples, lr_at, pick_prompt
+from specbench.models.train import IGNORE, TRIM_EVERY, Example, batches, build_sequence, check_run_dir, collate, load_examples, lr_at, pick_prompt
 
 
 def shift_labels(labels: torch.Tensor, s: int) -> torch.Tensor:
@@ -268,6 +268,8 @@ def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print)
             torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
             opt.step()
             step += 1
+            if device.type == "cpu" and step % TRIM_EVERY == 0:
+                release_host_memory()
             tokens_seen += int((ids != 0).sum())
             now = time.perf_counter()
             hv = float(loss_h.detach())
