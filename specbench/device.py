@@ -50,8 +50,9 @@ def _libc_malloc_trim() -> object | None:
 def release_host_memory() -> None:
     """Return freed heap pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
-    Why: CPU training on variable-length batches leaves glibc arenas fragmented, and RSS grows by tens
-    of MB per step (measured: 5.7 GB after 110 steps of the small preset) although nothing is live.
+    Why: CPU training on variable-length batches leaves glibc arenas fragmented: RSS grew by tens of MB
+    per step (5.7 GB after 110 steps of the small preset) and a trim drops it back (4.9 → 3.2 GB), so
+    it is freed-but-retained heap. Trimming every 50 steps bounds it for ~2 % of throughput.
     """
     trim = _libc_malloc_trim()
     if trim is not None:

@@ -37,7 +37,7 @@ from specbench.models.lm_io import KIND, export_model, model_payload
 from specbench.text import encode_phonemes
 
 IGNORE = -100
-TRIM_EVERY = 10  # steps between malloc_trim calls on CPU (see device.release_host_memory)
+TRIM_EVERY = 50  # steps between malloc_trim calls on CPU (see device.release_host_memory)
 
 
 @dataclass
