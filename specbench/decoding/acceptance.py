@@ -193,19 +193,15 @@ def group_rule(
 def make_group(groups: Groups, residual: Literal["thinning", "exact"] = "thinning", max_tries: int = 64) -> ChainRule:
     """The PCG rule over fixed ``groups`` (a named callable, e.g. ``group_0.45_thinning``).
 
-    The groups are moved to p's device on first use and cached per device.
+    The groups are moved to p's device on first use and reused (:meth:`Groups.on`).
     """
     if residual not in GROUP_RESIDUALS:
         raise ValueError(f"unknown group residual '{residual}': use one of {', '.join(GROUP_RESIDUALS)}")
     if max_tries < 0:
         raise ValueError(f"max_tries must be >= 0, got {max_tries}")
-    placed: dict[torch.device, Groups] = {groups.device: groups}
 
     def group(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, generator: torch.Generator) -> Verdict:
-        g = placed.get(p.device)
-        if g is None:
-            g = placed[p.device] = groups.to(p.device)
-        return group_rule(p, q, drafts, generator, g, residual, max_tries)
+        return group_rule(p, q, drafts, generator, groups.on(p.device), residual, max_tries)
 
     group.__name__ = f"group_{groups.theta:g}_{residual}"
     return group

@@ -69,6 +69,7 @@ class Groups:
     special: list[int] = field(default_factory=list)
     build_seconds: float = 0.0
     _rows: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _copies: dict[torch.device, Groups] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ---- shape ---------------------------------------------------------------------------------
     @property
@@ -102,6 +103,14 @@ class Groups:
                 done[id(t)] = t.to(device)
             moved[name] = done[id(t)]
         return Groups(**moved, theta=self.theta, source=self.source, weighting=self.weighting, special=list(self.special), build_seconds=self.build_seconds)
+
+    def on(self, device: torch.device) -> Groups:
+        """:meth:`to` ``device``, moved once and then reused (the rules call it every round)."""
+        if self.indptr.device == device:
+            return self
+        if device not in self._copies:
+            self._copies[device] = self.to(device)
+        return self._copies[device]
 
     # ---- lookups -------------------------------------------------------------------------------
     def members(self, k: int) -> torch.Tensor:

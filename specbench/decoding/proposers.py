@@ -176,11 +176,10 @@ class HeadsProposer:
             else:
                 logits, inverse = self.heads.head_logits(h, d - 1), torch.zeros_like(par)
             self.calls += 1
-            q = warp(logits, sampling)  # [parents, V]
-            q_all[nodes] = q[inverse]
-            for j, node in enumerate(nodes.tolist()):  # one draw per node, in node order: siblings i.i.d.
-                row = q[inverse[j]]
-                tokens[node] = row.argmax() if sampling.greedy else sample(row, generator)
+            q = warp(logits, sampling)[inverse]  # [nodes, V]: each node's parent's q
+            q_all[nodes] = q
+            # one independent draw per row, so siblings are i.i.d. from their parent's q
+            tokens[nodes] = q.argmax(-1) if sampling.greedy else sample(q, generator)
         return Proposal(self.shape, tokens, q_all, sampled=True)
 
     def commit(self, path: list[int], token: int) -> None:

@@ -170,10 +170,7 @@ def _multi_draft_walk(
     """
     if not proposal.sampled or proposal.q is None:
         raise ValueError("recursive rejection needs a sampled proposal (children drawn from the q they carry)")
-    parents, tokens, q = proposal.shape.parents, proposal.tokens.tolist(), proposal.q
-    children: list[list[int]] = [[] for _ in parents]
-    for i in range(1, len(parents)):
-        children[parents[i]].append(i)
+    children, tokens, q = proposal.shape.children, proposal.tokens.tolist(), proposal.q
     node, path = 0, []
     while True:
         r = coarse(p[node])
@@ -247,13 +244,9 @@ def group_tree_verdict(
 
 def group_tree(groups: Groups) -> TreeRule:
     """:func:`group_tree_verdict` over fixed ``groups`` as a tree rule (groups moved to p's device once)."""
-    placed: dict[torch.device, Groups] = {groups.device: groups}
 
     def rule(p: torch.Tensor, proposal: Proposal, generator: torch.Generator) -> TreeVerdict:
-        g = placed.get(p.device)
-        if g is None:
-            g = placed[p.device] = groups.to(p.device)
-        return group_tree_verdict(p, proposal, generator, g)
+        return group_tree_verdict(p, proposal, generator, groups.on(p.device))
 
     rule.__name__ = f"group_tree_{groups.theta:g}"
     return tree_rule(rule)
