@@ -17,7 +17,16 @@ system:
 	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES); \
 	fi
 
+# The venv needs ~6.5 GB (a CUDA build of torch, which is what keeps encodec/speechbrain importable).
+VENV_MIN_FREE_KB := 7500000
+
 venv:
+	@if ! $(BIN)/python -c "import torch" >/dev/null 2>&1; then \
+	  free=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	  if [ "$$free" -lt $(VENV_MIN_FREE_KB) ]; then \
+	    echo "error: only $$((free / 1024)) MB free on $$(df -P . | awk 'NR==2 {print $$6}'); make setup needs ~7.5 GB for .venv: free some disk space and run it again" >&2; exit 1; \
+	  fi; \
+	fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchaudio==2.11.0

@@ -226,13 +226,18 @@ class SpeakerConfig(Strict):
 
 
 class ScoringConfig(Strict):
-    """WER/SIM scoring; ``reference`` also scores ground truth and the codec round trip."""
+    """WER/SIM scoring; ``reference`` also scores ground truth and the codec round trip.
+
+    ``teacher_forced`` adds the row ``teacher_forced``: the target's argmax at each step given the true
+    history, decoded by the codec (the per-step quality of the model with no accumulated error).
+    """
 
     enabled: bool = True
     asr: AsrConfig = AsrConfig()
     speaker: SpeakerConfig = SpeakerConfig()
     normalizer: Literal["seed-tts-eval", "whisper-english"] = "seed-tts-eval"
     reference: bool = True
+    teacher_forced: bool = False
     cross_speaker: bool = True
 
 
@@ -341,6 +346,11 @@ class TrainTargetConfig(Strict):
     seed: int = 0
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
+    # start from these weights (fine-tuning; the architecture comes from the checkpoint, preset/model unused)
+    init_checkpoint: str | None = None
+    # probability that a history token of the target segment is replaced by the model's own sample
+    # (two-pass scheduled sampling, see models/train.py); 0 = plain teacher forcing
+    scheduled_sampling: float = Field(default=0.0, ge=0, lt=1)
 
     @field_validator("device")
     @classmethod
@@ -386,6 +396,13 @@ class TrainDraftConfig(TrainTargetConfig):
         bad = [t for t in v if not (t in ("embeddings", "ln_f", "head", "all") or re.fullmatch(r"layers\.\d+", t))]
         if bad:
             raise ValueError(f"unknown trainable part(s) {bad}: use embeddings, ln_f, head, all or layers.N")
+        return v
+
+    @field_validator("init_checkpoint")
+    @classmethod
+    def _no_init_checkpoint(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("init_checkpoint is for target training; a draft starts from `init` (target-layers or scratch)")
         return v
 
 

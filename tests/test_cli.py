@@ -308,6 +308,23 @@ def test_generate_score_report_match_run(first_run: dict[str, Any], tiny_assets:
     assert (out / "scores.jsonl").read_bytes() == scores
 
 
+def test_teacher_forced_reference_row(tiny_assets: dict[str, Any], tmp_path: Path) -> None:
+    """scoring.teacher_forced adds a scored reference row whose tokens are the per-step argmax."""
+    out = tmp_path / "tf"
+    recipe = tiny_recipe(tiny_assets, out)
+    recipe["scoring"] = {"reference": False, "teacher_forced": True}
+    ok("run", write_recipe(tmp_path / "tf.yaml", recipe))
+    recs = rows(out / "records.jsonl")
+    assert {r["decoder"] for r in recs} == {"baseline", "teacher_forced"}
+    tf = [r for r in recs if r["decoder"] == "teacher_forced"]
+    assert all(r["kind"] == "reference" for r in tf) and len(tf) == 2
+    for r in tf:
+        tokens = np.load((out / r["audio"]).with_suffix(".tokens.npy"))
+        assert tokens.size > 0 and r["audio_seconds"] > 0
+    table = {r["decoder"]: r for r in summary(out)}
+    assert table["teacher_forced"]["wer"] != "" and table["teacher_forced"]["kind"] == "reference"
+
+
 def test_score_step_sends_clips_to_the_asr_in_batch_size_chunks(tiny_assets: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scoring.asr.batch_size clips per transcribe call (what the transformers backend batches)."""
     from specbench.bench.runner import load_run_config, score_step

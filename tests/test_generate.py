@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specbench.decoding.generate import generate
+from specbench.decoding.generate import generate, teacher_forced_tokens
 from specbench.decoding.sampling import Sampling, next_token, warp
 from specbench.models.codec_lm import CodecLM, ModelConfig
 
@@ -87,3 +87,25 @@ def test_next_token_sampling_matches_distribution() -> None:
     n = 20000
     counts = torch.bincount(torch.tensor([next_token(logits, s, g) for _ in range(n)]), minlength=4).float() / n
     torch.testing.assert_close(counts, warp(logits, s), atol=0.015, rtol=0)
+
+
+def test_teacher_forced_along_own_greedy_output_reproduces_it() -> None:
+    """Fed its own greedy output as the "true" history, the teacher-forced argmax is that output."""
+    model = _model()
+    out, _ = _run(model, Sampling(), seed=0, max_tokens=40)
+    prompt = torch.arange(0, 8) % 40
+    tf = teacher_forced_tokens(model, torch.arange(2, 12), prompt, out)
+    assert tf.tolist() == out.tolist()
+    # along a different history the per-step argmax changes somewhere (the history is really used)
+    other = (out + 1) % model.cfg.speech_vocab
+    assert teacher_forced_tokens(model, torch.arange(2, 12), prompt, other).tolist() != out.tolist()
+
+
+def test_teacher_forced_never_emits_eos_and_keeps_the_length() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.head.bias[model.cfg.eos] = 1e4  # EOS would win every argmax
+    codes = torch.arange(0, 30) % model.cfg.speech_vocab
+    tf = teacher_forced_tokens(model, torch.arange(2, 12), torch.arange(0, 8) % 40, codes)
+    assert tf.shape == codes.shape
+    assert int(tf.max()) < model.cfg.speech_vocab

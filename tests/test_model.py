@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,57 @@ def test_release_host_memory_trims_the_glibc_heap() -> None:
     chunks = [bytearray(64 * 1024) for _ in range(2000)]  # ~128 MB of small heap blocks, then freed
     del chunks
     release_host_memory()  # no return value; must not raise (a no-op where there is no glibc)
+
+
+def test_mix_own_samples_touches_only_the_target_history() -> None:
+    """Scheduled sampling replaces inputs of the target segment only, with speech ids, at about ``rate``."""
+    from specbench.models.train import Example, build_sequence, collate, mix_own_samples
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(speech_vocab=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=256)
+    model = CodecLM(cfg).eval()
+    gen = np.random.default_rng(0)
+    exs = [Example(f"u{i}", gen.integers(2, 20, 12), gen.integers(0, 40, 200 + 10 * i), "s") for i in range(3)]
+    seqs = [build_sequence(ex, gen.integers(0, 40, 8), cfg) for ex in exs]
+    ids, pos, lab = collate(seqs)
+    assert torch.equal(mix_own_samples(model, ids, pos, lab, 0.0, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1)), ids)
+    mixed = mix_own_samples(model, ids, pos, lab, 0.9, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1))
+    changed = mixed != ids
+    hits = slots = 0
+    for b, ex in enumerate(exs):
+        start = len(ex.text) + 1 + 8  # first target input slot
+        allowed = torch.zeros(ids.shape[1], dtype=torch.bool)
+        allowed[start : start + len(ex.codes)] = True
+        assert not bool(changed[b][~allowed].any())  # text, SEP, prompt and padding untouched
+        hits, slots = hits + int(changed[b][allowed].sum()), slots + int(allowed.sum())
+    # E[fraction] = rate x P(sample != true token) ~ 0.9 x (1 - 1/40) for a near-uniform untrained model
+    assert abs(hits / slots - 0.9 * (1 - 1 / 40)) < 0.05
+    new = mixed[changed]
+    assert bool(((new >= cfg.speech_offset) & (new < cfg.speech_offset + cfg.speech_vocab)).all())
+    assert torch.equal(lab, collate(seqs)[2])  # the labels stay the true tokens
+
+
+def test_fine_tune_from_checkpoint_with_scheduled_sampling(tiny_assets, tmp_path) -> None:
+    """init_checkpoint starts from given weights (same architecture), and scheduled sampling trains."""
+    from specbench.models.lm_io import load_lm
+    from specbench.models.train import train_target
+
+    update = {"out_dir": str(tmp_path / "ft"), "steps": 2, "eval_every": 2, "save_every": 2, "preset": "small"}
+    update |= {"init_checkpoint": str(tiny_assets["model"]), "scheduled_sampling": 0.3}
+    tc = tiny_assets["train_config"].model_copy(update=update)
+    path = train_target(tc, log=lambda *_: None)
+    start, _ = load_lm(tiny_assets["model"])
+    tuned, meta = load_lm(path)
+    assert tuned.cfg == start.cfg  # the checkpoint's architecture, not the preset's
+    assert meta["meta"]["init_checkpoint"] == str(tiny_assets["model"])
+    assert not torch.equal(tuned.head.weight, start.head.weight)
+    assert meta["meta"]["history"][-1]["dev_loss"] > 0
+
+
+def test_draft_config_refuses_init_checkpoint() -> None:
+    from pydantic import ValidationError
+
+    from specbench.config import TrainDraftConfig
+
+    with pytest.raises(ValidationError, match="init_checkpoint is for target training"):
+        TrainDraftConfig(init_checkpoint="builtin:target-small")

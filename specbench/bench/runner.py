@@ -36,7 +36,7 @@ from specbench.codec.base import SpeechCodec
 from specbench.config import DecoderConfig, RunConfig
 from specbench.data.manifest import Manifest, Utterance, load_manifest
 from specbench.decoding.decoders import DecoderResources, build_proposer, build_tree_rule, check_heads_depth
-from specbench.decoding.generate import generate
+from specbench.decoding.generate import generate, teacher_forced_tokens
 from specbench.decoding.sampling import Sampling
 from specbench.device import resolve_device, set_threads
 from specbench.errors import ConfigError, DataError, ModelError, RunStateError
@@ -46,6 +46,7 @@ from specbench.models.lm_io import load_lm
 from specbench.text import encode_phonemes, phonemize_one
 
 REFERENCE_DECODERS = ("ground_truth", "codec_resynth")
+TEACHER_FORCED = "teacher_forced"  # reference row of scoring.teacher_forced (see reference_decoders)
 FINGERPRINT_KEYS = ("seed", "corpus", "codec", "model", "sampling")
 Log = Callable[[str], None]
 
@@ -256,7 +257,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
     items = select_items(manifest.utterances, cfg.corpus.limit)
     done = {record_key(r["decoder"], r["utt_id"], r["repeat"]) for r in load_records(out)}
     jobs = [(rep, u, d) for rep in range(cfg.repeats) for u in items for d in cfg.decoders if record_key(d.name, u.utt_id, rep) not in done]
-    refs = [(u, name) for u in items for name in REFERENCE_DECODERS if cfg.scoring.reference and record_key(name, u.utt_id, 0) not in done]
+    refs = [(u, name) for u in items for name in reference_decoders(cfg) if record_key(name, u.utt_id, 0) not in done]
     if not jobs and not refs:
         log(f"generation: all {len(items) * len(cfg.decoders) * cfg.repeats} rows already in {out / 'records.jsonl'}")
         return 0
@@ -322,9 +323,14 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
                 audio_rel, seconds = str(ref_path.resolve()), float(u.duration)
             else:
                 wav, sr = read_audio(ref_path)
-                rt, rsr = m.codec.decode(m.codec.encode(wav, sr))
+                codes = m.codec.encode(wav, sr)
+                if name == TEACHER_FORCED:
+                    codes = teacher_forced_tokens(m.target, text_tokens(u), prompts.tokens(u), codes)
+                rt, rsr = m.codec.decode(codes)
                 audio = out / "audio" / name / f"{u.utt_id}.r0.wav"
                 write_audio(audio, rt, rsr)
+                if name == TEACHER_FORCED:
+                    np.save(audio.with_suffix(".tokens.npy"), codes.numpy().astype(np.int32))
                 audio_rel, seconds = str(audio.relative_to(out)), len(rt) / rsr
             append_jsonl(
                 out / "records.jsonl",
@@ -348,6 +354,12 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
             progress.advance(task)
     log(f"generation: {new} new rows in {out / 'records.jsonl'}")
     return new
+
+
+def reference_decoders(cfg: RunConfig) -> tuple[str, ...]:
+    """Reference rows a run adds: the ceilings (``scoring.reference``) and ``teacher_forced`` when asked."""
+    names = REFERENCE_DECODERS if cfg.scoring.reference else ()
+    return names + ((TEACHER_FORCED,) if cfg.scoring.teacher_forced else ())
 
 
 def resolve_audio(out: Path, path: str) -> Path:

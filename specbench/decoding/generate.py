@@ -134,3 +134,20 @@ def _tick(profile: bool, device: torch.device) -> float:
         return 0.0
     synchronize(device)
     return time.perf_counter()
+
+
+@torch.inference_mode()
+def teacher_forced_tokens(target: CodecLM, text_ids: torch.Tensor, prompt: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """The target's argmax at every step of ``codes`` given the TRUE history (teacher forcing).
+
+    ``x̂_t = argmax_{v < speech_vocab} p(v | text, prompt, codes_{<t})`` for ``t = 0..len(codes)-1``, in one
+    full-sequence forward; EOS is excluded so the output has exactly ``len(codes)`` speech tokens. No error
+    can accumulate, so the decoded audio scores what the model's per-step predictions are worth: an upper
+    bound for free-running greedy decoding, which separates "the model predicts badly" from "its own
+    mistakes derail it" (the gap between this row and ``baseline``). Returns tokens on CPU.
+    """
+    device = target.head.weight.device
+    ids, pos = target.embed_sequence(text_ids.to(device), torch.cat([prompt.to(device), codes.to(device)]))
+    logits, _ = target.forward_train(ids[None], pos[None])
+    start = text_ids.numel() + prompt.numel()  # the last prompt token (or SEP) predicts codes[0]
+    return logits[0, start : start + codes.numel(), : target.cfg.speech_vocab].argmax(-1).cpu()

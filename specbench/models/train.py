@@ -127,6 +127,35 @@ def batches(
             yield collate([build_sequence(examples[i], pick_prompt(examples[i], by_spk, prompt_frames, rng, True), cfg) for i in g])
 
 
+@torch.no_grad()
+def mix_own_samples(
+    model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, rate: float, precision: str, device: torch.device, gen: torch.Generator
+) -> torch.Tensor:
+    """Two-pass scheduled sampling: ``ids`` with some target-history tokens replaced by the model's own samples.
+
+    Pass 1 runs the batch teacher-forced without gradients and draws ``x̂_i ~ p(· | true prefix)`` (T = 1,
+    EOS excluded) at every labelled position ``i``. The input token at ``i + 1`` (the true ``x_i`` that the
+    next step conditions on) is replaced by ``x̂_i`` with probability ``rate``, independently per position;
+    the labels stay the true tokens. Training on these inputs exposes the model to histories that contain
+    its own mistakes, which teacher forcing never shows it (exposure bias). The prompt and text are never
+    touched. Returns a new ``ids`` tensor on CPU.
+    """
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits, _ = model.forward_train(ids.to(device), pos.to(device))
+    cfg = model.cfg
+    probs = torch.softmax(logits[..., : cfg.speech_vocab].float(), -1).cpu()
+    b, n, v = probs.shape
+    drawn = torch.multinomial(probs.reshape(b * n, v), 1, generator=gen).reshape(b, n)
+    # position i predicts ids[i + 1]; only speech labels (not EOS, not IGNORE) have a next input to replace
+    src = (labels >= 0) & (labels < cfg.speech_vocab)
+    src[:, -1] = False
+    src &= torch.rand(b, n, generator=gen) < rate
+    out = ids.clone()
+    rows, cols = src.nonzero(as_tuple=True)
+    out[rows, cols + 1] = drawn[rows, cols] + cfg.speech_offset
+    return out
+
+
 def lr_at(step: int, tc: TrainTargetConfig) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio``."""
     if step < tc.warmup_steps:
@@ -241,6 +270,14 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
         del target
         cfg = model.cfg
         n_train = set_trainable(model, tc.trainable if tc.init == "target-layers" else ["all"])
+    elif tc.init_checkpoint:
+        model, ick = load_lm(tc.init_checkpoint)
+        if ick.get("codec_id") and ick["codec_id"] != codec.id:
+            raise ModelError(f"init_checkpoint {tc.init_checkpoint} was trained on codec {ick['codec_id']}, not {codec.id}: set codec.path to that codec")
+        model.train()
+        cfg = model.cfg
+        init_meta = {"init_checkpoint": tc.init_checkpoint}
+        n_train = count_parameters(model)
     else:
         cfg = ModelConfig(**tc.lm_config(codec.vocab_size))
         model = CodecLM(cfg)
@@ -270,12 +307,15 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
 
     model.train()
     data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
+    mix_gen = torch.Generator().manual_seed(tc.seed + 7919 + step)
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     ema, tokens_seen, t0 = None, 0, time.perf_counter()
     with Progress(*columns) as progress:
         task = progress.add_task("train", total=tc.steps, completed=step, info="")
         while step < tc.steps:
             ids, pos, lab = next(data)
+            if tc.scheduled_sampling > 0:
+                ids = mix_own_samples(model, ids, pos, lab, tc.scheduled_sampling, tc.precision, device, mix_gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, tc)
             loss = loss_fn(model, ids, pos, lab, tc.precision, device)
