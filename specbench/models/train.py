@@ -138,18 +138,19 @@ def mix_own_samples(
     next step conditions on) is replaced by ``x̂_i`` with probability ``rate``, independently per position;
     the labels stay the true tokens. Training on these inputs exposes the model to histories that contain
     its own mistakes, which teacher forcing never shows it (exposure bias). The prompt and text are never
-    touched. Returns a new ``ids`` tensor on CPU.
+    touched. ``gen`` is a generator on ``device``. Returns a new ``ids`` tensor on CPU.
     """
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits, _ = model.forward_train(ids.to(device), pos.to(device))
     cfg = model.cfg
-    probs = torch.softmax(logits[..., : cfg.speech_vocab].float(), -1).cpu()
+    probs = torch.softmax(logits[..., : cfg.speech_vocab].float(), -1)
     b, n, v = probs.shape
-    drawn = torch.multinomial(probs.reshape(b * n, v), 1, generator=gen).reshape(b, n)
+    # drawn on the model's device (``gen`` lives there); only the [B, n] results come back
+    drawn = torch.multinomial(probs.reshape(b * n, v), 1, generator=gen).reshape(b, n).cpu()
+    keep = (torch.rand(b, n, generator=gen, device=probs.device) < rate).cpu()
     # position i predicts ids[i + 1]; only speech labels (not EOS, not IGNORE) have a next input to replace
-    src = (labels >= 0) & (labels < cfg.speech_vocab)
+    src = (labels >= 0) & (labels < cfg.speech_vocab) & keep
     src[:, -1] = False
-    src &= torch.rand(b, n, generator=gen) < rate
     out = ids.clone()
     rows, cols = src.nonzero(as_tuple=True)
     out[rows, cols + 1] = drawn[rows, cols] + cfg.speech_offset
@@ -307,7 +308,7 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
 
     model.train()
     data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
-    mix_gen = torch.Generator().manual_seed(tc.seed + 7919 + step)
+    mix_gen = torch.Generator(device=device).manual_seed(tc.seed + 7919 + step)
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     ema, tokens_seen, t0 = None, 0, time.perf_counter()
     with Progress(*columns) as progress:
