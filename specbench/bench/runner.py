@@ -7,7 +7,9 @@ Run folder (``output_dir``):
 - ``records.jsonl`` one generation row per (decoder, utterance, repeat), appended + fsynced as each
   finishes, so Ctrl-C loses nothing finished and a rerun skips done rows;
 - ``scores.jsonl`` one row per (record, scorer) — rescoring with another ASR adds rows, never edits;
-- ``audio/<decoder>/<utt>.r<repeat>.wav`` and ``audio/prompts/<utt>.wav`` (the prompt as the model heard it);
+- ``audio/<decoder>/<utt>.r<repeat>.wav`` with its token ids beside it (``.tokens.npy``, also for the
+  codec-decoded reference rows ``codec_resynth`` and ``teacher_forced``), and ``audio/prompts/<utt>.wav``
+  (the prompt as the model heard it);
 - ``summary.csv`` / ``summary.md`` written by the report step.
 """
 
@@ -329,8 +331,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
                 rt, rsr = m.codec.decode(codes)
                 audio = out / "audio" / name / f"{u.utt_id}.r0.wav"
                 write_audio(audio, rt, rsr)
-                if name == TEACHER_FORCED:
-                    np.save(audio.with_suffix(".tokens.npy"), codes.numpy().astype(np.int32))
+                np.save(audio.with_suffix(".tokens.npy"), codes.numpy().astype(np.int32))  # as for decoders
                 audio_rel, seconds = str(audio.relative_to(out)), len(rt) / rsr
             append_jsonl(
                 out / "records.jsonl",

@@ -140,8 +140,7 @@ def mix_own_samples(
     its own mistakes, which teacher forcing never shows it (exposure bias). The prompt and text are never
     touched. ``gen`` is a generator on ``device``. Returns a new ``ids`` tensor on CPU.
     """
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits, _ = model.forward_train(ids.to(device), pos.to(device))
+    logits = train_logits(model, ids, pos, precision, device)
     cfg = model.cfg
     probs = torch.softmax(logits[..., : cfg.speech_vocab].float(), -1)
     b, n, v = probs.shape
@@ -165,10 +164,16 @@ def lr_at(step: int, tc: TrainTargetConfig) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def loss_fn(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy over labelled positions."""
+def train_logits(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    """Full-sequence logits ``[B, L, V]`` on ``device``, under bf16 autocast when ``precision`` is bf16."""
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits, _ = model.forward_train(ids.to(device), pos.to(device))
+    return logits
+
+
+def loss_fn(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over labelled positions."""
+    logits = train_logits(model, ids, pos, precision, device)
     return F.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE)
 
 
