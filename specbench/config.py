@@ -351,6 +351,16 @@ class TrainTargetConfig(Strict):
     # probability that a history token of the target segment is replaced by the model's own sample
     # (two-pass scheduled sampling, see models/train.py); 0 = plain teacher forcing
     scheduled_sampling: float = Field(default=0.0, ge=0, lt=1)
+    # probability that a history token of the target segment is replaced by one of its
+    # ``history_noise_neighbours`` acoustically nearest tokens (see models/train.py: corrupt_history)
+    history_noise: float = Field(default=0.0, ge=0, lt=1)
+    history_noise_neighbours: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _one_history_corruption(self) -> TrainTargetConfig:
+        if self.scheduled_sampling > 0 and self.history_noise > 0:
+            raise ValueError("scheduled_sampling and history_noise both corrupt the target history: set one of them to 0")
+        return self
 
     @field_validator("device")
     @classmethod

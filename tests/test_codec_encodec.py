@@ -168,3 +168,10 @@ def test_missing_package(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setitem(sys.modules, "encodec", None)  # makes `import encodec` raise ImportError
     with pytest.raises(DependencyError, match="pip install encodec"):
         load_codec("encodec", str(weights))
+
+
+def test_token_vectors_are_the_first_codebook(codec) -> None:
+    """One 128-d vector per first-codebook token (used by history_noise to find near tokens)."""
+    vec = codec.token_vectors()
+    assert vec.shape == (codec.vocab_size, 128) and vec.dtype == torch.float32
+    assert torch.isfinite(vec).all()

@@ -142,3 +142,10 @@ def test_shipped_codec() -> None:
     assert codec.vocab_size == 1024 and codec.frame_rate == 50.0 and codec.sample_rate == SR
     tokens = codec.encode(_synthetic(0.5, 2), SR)
     assert tokens.shape == (26,) and int(tokens.max()) < 1024
+
+
+def test_token_vectors_are_the_centroids(codec: KMeansMelCodec) -> None:
+    """history_noise finds neighbours in this table: one 80-bin log-mel vector per token."""
+    vec = codec.token_vectors()
+    assert vec.shape == (codec.vocab_size, 80)
+    assert torch.equal(vec, codec.centroids)

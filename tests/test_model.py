@@ -176,6 +176,65 @@ def test_mix_own_samples_touches_only_the_target_history() -> None:
     assert torch.equal(lab, collate(seqs)[2])  # the labels stay the true tokens
 
 
+def test_token_neighbours_are_the_nearest_other_tokens() -> None:
+    from specbench.models.train import token_neighbours
+
+    vec = torch.tensor([[0.0], [1.0], [3.0], [7.0], [8.0]])
+    nb = token_neighbours(vec, 2)
+    assert nb.tolist() == [[1, 2], [0, 2], [1, 0], [4, 2], [3, 2]]  # self excluded, nearest first
+    with pytest.raises(ModelError, match="history_noise_neighbours must lie in"):
+        token_neighbours(vec, 5)
+
+
+def test_corrupt_history_swaps_target_history_for_neighbours() -> None:
+    """History noise touches only target-history inputs, at about ``rate``, always with a listed neighbour."""
+    from specbench.models.train import Example, build_sequence, collate, corrupt_history, token_neighbours
+
+    cfg = ModelConfig(speech_vocab=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=256)
+    rng = np.random.default_rng(0)
+    exs = [Example(f"u{i}", rng.integers(2, 20, 12), rng.integers(0, 40, 200 + 10 * i), "s") for i in range(3)]
+    seqs = [build_sequence(ex, rng.integers(0, 40, 8), cfg) for ex in exs]
+    ids, pos, lab = collate(seqs)
+    nb = token_neighbours(torch.from_numpy(rng.normal(size=(40, 6))), 4)
+    assert torch.equal(corrupt_history(ids, lab, 0.0, nb, cfg, torch.Generator().manual_seed(1)), ids)
+    noisy = corrupt_history(ids, lab, 0.5, nb, cfg, torch.Generator().manual_seed(1))
+    changed = noisy != ids
+    hits = slots = 0
+    for b, ex in enumerate(exs):
+        start = len(ex.text) + 1 + 8  # first target input slot
+        allowed = torch.zeros(ids.shape[1], dtype=torch.bool)
+        allowed[start : start + len(ex.codes)] = True
+        assert not bool(changed[b][~allowed].any())  # text, SEP, prompt and padding untouched
+        hits, slots = hits + int(changed[b][allowed].sum()), slots + int(allowed.sum())
+        for j in changed[b].nonzero().flatten().tolist():  # input j replaced the true token labels[j - 1]
+            assert int(noisy[b, j]) - cfg.speech_offset in nb[int(lab[b, j - 1])].tolist()
+    assert abs(hits / slots - 0.5) < 0.06  # 630 slots: sd 0.02
+    assert torch.equal(lab, collate(seqs)[2])
+
+
+def test_history_noise_and_scheduled_sampling_exclude_each_other() -> None:
+    from pydantic import ValidationError
+
+    from specbench.config import TrainTargetConfig
+
+    with pytest.raises(ValidationError, match="set one of them to 0"):
+        TrainTargetConfig(scheduled_sampling=0.2, history_noise=0.3)
+
+
+def test_training_with_history_noise(tiny_assets, tmp_path) -> None:
+    """A short run with history noise trains and records the setting in the checkpoint."""
+    from specbench.models.lm_io import load_lm
+    from specbench.models.train import train_target
+
+    update = {"out_dir": str(tmp_path / "noise"), "steps": 2, "eval_every": 2, "save_every": 2}
+    update |= {"history_noise": 0.5, "history_noise_neighbours": 4}
+    tc = tiny_assets["train_config"].model_copy(update=update)
+    path = train_target(tc, log=lambda *_: None)
+    _, meta = load_lm(path)
+    assert meta["meta"]["train"]["history_noise"] == 0.5
+    assert meta["meta"]["history"][-1]["dev_loss"] > 0
+
+
 def test_fine_tune_from_checkpoint_with_scheduled_sampling(tiny_assets, tmp_path) -> None:
     """init_checkpoint starts from given weights (same architecture), and scheduled sampling trains."""
     from specbench.models.lm_io import load_lm

@@ -15,6 +15,8 @@ class SpeechCodec(Protocol):
     ``encode(wav, sr)`` resamples to ``sample_rate`` itself and returns ``LongTensor[T]`` with values in
     ``[0, vocab_size)`` at ``frame_rate`` tokens per second; ``decode(tokens)`` returns ``(wav, sr)``.
     ``id`` names the codec and its weights, so a checkpoint can refuse tokens from another codec.
+    Codecs may also offer ``token_vectors() -> FloatTensor[vocab_size, d]`` (the acoustic vector each
+    token stands for); training with ``history_noise`` needs it to find a token's nearest neighbours.
     """
 
     id: str

@@ -92,6 +92,10 @@ class EncodecCodec:
         # bandwidth) but is part of the id so configs that differ are never silently mixed.
         self.id: str = f"{KIND}-24khz-{weights_sha1[:10]}-bw{self.bandwidth:g}"
 
+    def token_vectors(self) -> torch.Tensor:
+        """``[vocab_size, 128]``: the first RVQ codebook's vectors (what each token adds to the latent)."""
+        return self.model.quantizer.vq.layers[0]._codebook.embed.detach().float().cpu()
+
     @classmethod
     def load(cls, path: Path, bandwidth: float = 1.5, device: str = "cpu") -> EncodecCodec:
         """Build the 24 kHz model from the LOCAL weights file ``path``.

@@ -128,6 +128,10 @@ class KMeansMelCodec:
     frame_rate = property(lambda self: self.cfg.sample_rate / self.cfg.hop_length)
     vocab_size = property(lambda self: int(self.centroids.shape[0]))
 
+    def token_vectors(self) -> torch.Tensor:
+        """``[vocab_size, 80]``: the log-mel frame each token stands for (its centroid)."""
+        return self.centroids
+
     def encode(self, wav: np.ndarray, sr: int) -> torch.Tensor:
         """Waveform at ``sr`` → ``LongTensor[frames]``."""
         x = torch.from_numpy(resample(np.asarray(wav, dtype=np.float32), sr, self.sample_rate))

@@ -147,12 +147,49 @@ def mix_own_samples(
     # drawn on the model's device (``gen`` lives there); only the [B, n] results come back
     drawn = torch.multinomial(probs.reshape(b * n, v), 1, generator=gen).reshape(b, n).cpu()
     keep = (torch.rand(b, n, generator=gen, device=probs.device) < rate).cpu()
-    # position i predicts ids[i + 1]; only speech labels (not EOS, not IGNORE) have a next input to replace
+    rows, cols = history_slots(labels, cfg, keep)
+    out = ids.clone()
+    out[rows, cols + 1] = drawn[rows, cols] + cfg.speech_offset
+    return out
+
+
+def history_slots(labels: torch.Tensor, cfg: ModelConfig, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the labelled positions whose NEXT input is a target-history token, where ``keep``.
+
+    Position ``i`` predicts ``ids[i + 1]``; only speech labels (not EOS, not IGNORE) have a next input,
+    so the text, SEP, prompt and padding are never selected.
+    """
     src = (labels >= 0) & (labels < cfg.speech_vocab) & keep
     src[:, -1] = False
+    return src.nonzero(as_tuple=True)
+
+
+def token_neighbours(vectors: torch.Tensor, k: int) -> torch.Tensor:
+    """``[V, k]``: for each token, the ``k`` OTHER tokens whose vectors are nearest (Euclidean), nearest first."""
+    v = vectors.float()
+    if not 1 <= k < v.shape[0]:
+        raise ModelError(f"history_noise_neighbours must lie in [1, {v.shape[0] - 1}] for a {v.shape[0]}-token codec, got {k}")
+    d = torch.cdist(v, v)
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, largest=False).indices
+
+
+def corrupt_history(ids: torch.Tensor, labels: torch.Tensor, rate: float, neighbours: torch.Tensor, cfg: ModelConfig, gen: torch.Generator) -> torch.Tensor:
+    """``ids`` with target-history inputs swapped for acoustically near tokens (history noise).
+
+    Each input token ``x_i`` of the target segment (the true token the next step conditions on) is
+    replaced, independently with probability ``rate``, by a uniform pick among ``neighbours[x_i]`` (its
+    nearest codec tokens, :func:`token_neighbours`); labels, text, SEP and prompt are untouched. A greedy
+    model mostly errs by choosing a near-identical centroid, and a model trained on clean histories only
+    treats that as unseen context and drifts; with noisy histories it must lean on the text instead.
+    ``gen`` is a CPU generator. Returns a new tensor.
+    """
+    keep = torch.rand(labels.shape, generator=gen) < rate
+    rows, cols = history_slots(labels, cfg, keep)
+    true = labels[rows, cols]
+    pick = torch.randint(0, neighbours.shape[1], (true.numel(),), generator=gen)
     out = ids.clone()
-    rows, cols = src.nonzero(as_tuple=True)
-    out[rows, cols + 1] = drawn[rows, cols] + cfg.speech_offset
+    out[rows, cols + 1] = neighbours[true, pick] + cfg.speech_offset
     return out
 
 
@@ -314,6 +351,12 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     model.train()
     data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
     mix_gen = torch.Generator(device=device).manual_seed(tc.seed + 7919 + step)
+    noise_gen = torch.Generator().manual_seed(tc.seed + 104729 + step)
+    neighbours = None
+    if tc.history_noise > 0:
+        if not hasattr(codec, "token_vectors"):
+            raise ModelError(f"history_noise needs a codec that exposes its token vectors; {codec.id} does not: set history_noise to 0")
+        neighbours = token_neighbours(codec.token_vectors(), tc.history_noise_neighbours)
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     ema, tokens_seen, t0 = None, 0, time.perf_counter()
     with Progress(*columns) as progress:
@@ -322,6 +365,8 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
             ids, pos, lab = next(data)
             if tc.scheduled_sampling > 0:
                 ids = mix_own_samples(model, ids, pos, lab, tc.scheduled_sampling, tc.precision, device, mix_gen)
+            if neighbours is not None:
+                ids = corrupt_history(ids, lab, tc.history_noise, neighbours, cfg, noise_gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, tc)
             loss = loss_fn(model, ids, pos, lab, tc.precision, device)
