@@ -148,6 +148,18 @@ def test_release_host_memory_trims_the_glibc_heap() -> None:
     release_host_memory()  # no return value; must not raise (a no-op where there is no glibc)
 
 
+def _changes_in_target_history(changed: torch.Tensor, exs: list, prompt_len: int) -> tuple[int, int]:
+    """Asserts nothing outside the target-history inputs changed; returns (changed, total) target slots."""
+    hits = slots = 0
+    for b, ex in enumerate(exs):
+        start = len(ex.text) + 1 + prompt_len  # first target input slot
+        allowed = torch.zeros(changed.shape[1], dtype=torch.bool)
+        allowed[start : start + len(ex.codes)] = True
+        assert not bool(changed[b][~allowed].any())  # text, SEP, prompt and padding untouched
+        hits, slots = hits + int(changed[b][allowed].sum()), slots + int(allowed.sum())
+    return hits, slots
+
+
 def test_mix_own_samples_touches_only_the_target_history() -> None:
     """Scheduled sampling replaces inputs of the target segment only, with speech ids, at about ``rate``."""
     from specbench.models.train import Example, build_sequence, collate, mix_own_samples
@@ -162,13 +174,7 @@ def test_mix_own_samples_touches_only_the_target_history() -> None:
     assert torch.equal(mix_own_samples(model, ids, pos, lab, 0.0, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1)), ids)
     mixed = mix_own_samples(model, ids, pos, lab, 0.9, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1))
     changed = mixed != ids
-    hits = slots = 0
-    for b, ex in enumerate(exs):
-        start = len(ex.text) + 1 + 8  # first target input slot
-        allowed = torch.zeros(ids.shape[1], dtype=torch.bool)
-        allowed[start : start + len(ex.codes)] = True
-        assert not bool(changed[b][~allowed].any())  # text, SEP, prompt and padding untouched
-        hits, slots = hits + int(changed[b][allowed].sum()), slots + int(allowed.sum())
+    hits, slots = _changes_in_target_history(changed, exs, prompt_len=8)
     # E[fraction] = rate x P(sample != true token) ~ 0.9 x (1 - 1/40) for a near-uniform untrained model
     assert abs(hits / slots - 0.9 * (1 - 1 / 40)) < 0.05
     new = mixed[changed]
@@ -199,15 +205,9 @@ def test_corrupt_history_swaps_target_history_for_neighbours() -> None:
     assert torch.equal(corrupt_history(ids, lab, 0.0, nb, cfg, torch.Generator().manual_seed(1)), ids)
     noisy = corrupt_history(ids, lab, 0.5, nb, cfg, torch.Generator().manual_seed(1))
     changed = noisy != ids
-    hits = slots = 0
-    for b, ex in enumerate(exs):
-        start = len(ex.text) + 1 + 8  # first target input slot
-        allowed = torch.zeros(ids.shape[1], dtype=torch.bool)
-        allowed[start : start + len(ex.codes)] = True
-        assert not bool(changed[b][~allowed].any())  # text, SEP, prompt and padding untouched
-        hits, slots = hits + int(changed[b][allowed].sum()), slots + int(allowed.sum())
-        for j in changed[b].nonzero().flatten().tolist():  # input j replaced the true token labels[j - 1]
-            assert int(noisy[b, j]) - cfg.speech_offset in nb[int(lab[b, j - 1])].tolist()
+    hits, slots = _changes_in_target_history(changed, exs, prompt_len=8)
+    for b, j in changed.nonzero().tolist():  # input j replaced the true token labels[j - 1]
+        assert int(noisy[b, j]) - cfg.speech_offset in nb[int(lab[b, j - 1])].tolist()
     assert abs(hits / slots - 0.5) < 0.06  # 630 slots: sd 0.02
     assert torch.equal(lab, collate(seqs)[2])
 
