@@ -296,6 +296,11 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
     codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    neighbours = None  # history noise: checked before any model or data is loaded
+    if tc.history_noise > 0:
+        if not hasattr(codec, "token_vectors"):
+            raise ModelError(f"history_noise needs a codec that exposes its token vectors; {codec.id} does not: set history_noise to 0")
+        neighbours = token_neighbours(codec.token_vectors(), tc.history_noise_neighbours)
     role, init_meta = "target", {}
     if isinstance(tc, TrainDraftConfig):
         role = "draft"
@@ -352,11 +357,6 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
     mix_gen = torch.Generator(device=device).manual_seed(tc.seed + 7919 + step)
     noise_gen = torch.Generator().manual_seed(tc.seed + 104729 + step)
-    neighbours = None
-    if tc.history_noise > 0:
-        if not hasattr(codec, "token_vectors"):
-            raise ModelError(f"history_noise needs a codec that exposes its token vectors; {codec.id} does not: set history_noise to 0")
-        neighbours = token_neighbours(codec.token_vectors(), tc.history_noise_neighbours)
     columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
     ema, tokens_seen, t0 = None, 0, time.perf_counter()
     with Progress(*columns) as progress:
