@@ -9,10 +9,15 @@ PREFIX = "builtin:"
 
 
 def resolve_path(spec: str | Path) -> Path:
-    """``builtin:NAME`` → ``specbench/assets/NAME.pt``; any other string is a filesystem path."""
+    """``builtin:NAME`` → ``specbench/assets/NAME.pt``; ``tiny:FAMILY[/PART]`` → a tiny random model part
+    (specbench/targets/tiny.py); any other string is a filesystem path."""
     s = str(spec)
     if s.startswith(PREFIX):
         return ASSET_DIR / f"{s[len(PREFIX) :]}.pt"
+    if s.startswith("tiny:"):  # the toolkit's tiny random HF models (specbench/targets/tiny.py), built on first use
+        from specbench.targets.tiny import resolve_tiny
+
+        return resolve_tiny(s)
     return Path(s).expanduser()
 
 

@@ -279,16 +279,27 @@ def train_heads_cmd(
 ) -> None:
     """Train Medusa-style draft heads (VADUSA) on a target: frozen backbone (default) or joint fine-tuning."""
     from specbench.config import TrainHeadsConfig, load_config
-    from specbench.models.train_heads import train_heads
 
     cfg = load_config(TrainHeadsConfig, config, set_)
+    if cfg.target_model is not None:  # any backend (e.g. hf-causal), frozen
+        from specbench.models.train_heads_target import train_heads_on_target
+
+        train_heads_on_target(cfg, resume=resume, log=console.print)
+        return
+    from specbench.models.train_heads import train_heads
+
     train_heads(cfg, resume=resume, log=console.print)
 
 
 @app.command("build-groups")
 @friendly
 def build_groups_cmd(
-    model: Annotated[str, typer.Option(help="Codec-LM checkpoint whose table defines the groups (builtin:NAME or a path).")] = "builtin:target-small",
+    model: Annotated[
+        str, typer.Option(help="Codec-LM checkpoint whose table defines the groups (builtin:NAME or a path); with --family a local HF model directory.")
+    ] = "builtin:target-small",
+    family: Annotated[
+        str | None, typer.Option(help="Family template (llasa, orpheus, a YAML file): --model is then a Hugging Face model directory (backend hf-causal).")
+    ] = None,
     theta: Annotated[float, typer.Option(help="Cosine threshold θ: G_k = {t : cos(E_k, E_t) > θ} ∪ {k}; θ ≥ 1 gives singletons.")] = 0.45,
     source: Annotated[str, typer.Option(help="Table: input (token embeddings of the output tokens) or output (head rows).")] = "input",
     weighting: Annotated[str, typer.Option(help="Split of a token shared by groups: uniform (1/|S(t)|) or cosine.")] = "uniform",
@@ -317,10 +328,12 @@ def build_groups_cmd(
             raise ConfigError(f"--random-vocab and --dim must be >= 1, got {random_vocab} and {d}")
         table, special, what, src = torch.randn(random_vocab, d, generator=torch.Generator().manual_seed(seed)), [], f"random {random_vocab}×{d}", "random"
     else:
-        from specbench.models.lm_io import load_lm
+        from specbench.config import ModelRef
+        from specbench.targets import load_target
 
-        lm, _ = load_lm(model)
-        table, special, what, src = model_table(lm, source), [lm.cfg.eos], f"{model} ({source} table)", source  # type: ignore[arg-type]
+        ref = ModelRef(backend="hf-causal", path=model, family=family) if family else ModelRef(checkpoint=model)
+        lm = load_target(ref, "cpu")
+        table, special, what, src = model_table(lm, source), [lm.eos], f"{lm.id} ({source} table)", source  # type: ignore[arg-type]
     # ru_maxrss is a high-water mark (KiB on Linux): its growth across the build is the build's peak
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     groups = build_groups(table, theta, special=special, weighting=weighting, chunk=chunk, source=src)  # type: ignore[arg-type]
@@ -412,6 +425,27 @@ def export_reference_cmd(
     console.print(f"reference: {len(written)} files → {out}")
 
 
+@app.command("make-tiny-model")
+@friendly
+def make_tiny_model_cmd(
+    family: Annotated[str, typer.Option(help="Family template: llasa, orpheus or a family YAML.")] = "llasa",
+    out: Annotated[Path, typer.Option(help="Folder to write (target/, draft/, codec, heads.pt, tiny.json).")] = Path("data/tiny/llasa"),
+    arch: Annotated[str, typer.Option(help="Architecture of the random models: llama or qwen2.")] = "llama",
+    layers: Annotated[int, typer.Option(help="Decoder layers of the target (the draft has 1).")] = 2,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write a tiny RANDOM-weight HF model set in a family's real layout (smoke tests, no downloads)."""
+    from specbench.targets.tiny import make_tiny_model
+
+    info = make_tiny_model(family, out, arch=arch, seed=seed, layers=layers, hidden=hidden, overwrite=overwrite)
+    console.print(
+        f"wrote {out}: target {out / info['target']}, draft {out / info['draft']}, codec {out / info['codec']}, untrained heads {out / info['heads']}"
+    )
+    console.print(f"use it with model: {{backend: hf-causal, path: {out / info['target']}, family: {family}}} (or path: tiny:{family} for data/tiny)")
+
+
 @app.command("list")
 @friendly
 def list_cmd() -> None:
@@ -447,6 +481,11 @@ def list_cmd() -> None:
     shipped_trees = [f"builtin:{p.stem}" for p in sorted(TREE_DIR.glob("*.json"))] if TREE_DIR.is_dir() else []
     table.add_row("trees (heads-tree)", ", ".join([*BUILTIN_SHAPES, "chain-N", *shipped_trees]))
     table.add_row("codecs", ", ".join(CODEC_KINDS))
+    from specbench.targets import BACKENDS
+    from specbench.targets.families import load_family, shipped_families
+
+    table.add_row("target backends", ", ".join(BACKENDS))
+    table.add_row("model families (hf-causal)", "\n".join(f"{n} (codec {load_family(n).codec}; {load_family(n).licence})" for n in shipped_families()))
     table.add_row("ASR backends", choices(AsrConfig, "backend"))
     table.add_row("speaker backends", choices(SpeakerConfig, "backend"))
     table.add_row("normalizers", choices(ScoringConfig, "normalizer"))

@@ -68,9 +68,33 @@ class CodecConfig(Strict):
 
 
 class ModelRef(Strict):
-    """The target model checkpoint (``builtin:NAME`` or a path)."""
+    """The target model (specbench/targets). ``backend: builtin``: a specbench ``codec-lm`` checkpoint
+    (``builtin:NAME`` or a path). ``backend: hf-causal``: a LOCAL Hugging Face causal-LM directory
+    (``path``; config, weights, tokenizer; nothing is downloaded) and its family template (``family``:
+    a shipped name such as llasa / orpheus, or a family YAML file) that says where its speech tokens
+    are, how text and the speaker prompt are laid out, and which codec decodes it. ``dtype: auto`` is
+    bfloat16 on CUDA and float32 on CPU.
+    """
 
+    backend: Literal["builtin", "hf-causal"] = "builtin"
     checkpoint: str = "builtin:target-small"
+    path: str | None = None
+    family: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attention: Literal["sdpa", "eager"] = "sdpa"
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelRef:
+        if self.backend == "hf-causal" and not (self.path and self.family):
+            raise ValueError("model.backend hf-causal needs model.path (a local model directory) and model.family (llasa, orpheus or a family YAML)")
+        if self.backend == "builtin" and (self.path or self.family):
+            raise ValueError("model.path / model.family are for backend: hf-causal; a builtin model is named by model.checkpoint")
+        return self
+
+    @property
+    def spec(self) -> str:
+        """The model as one string (records, fingerprints): the checkpoint, or ``hf-causal:<family>:<path>``."""
+        return self.checkpoint if self.backend == "builtin" else f"hf-causal:{self.family}:{self.path}"
 
 
 class SamplingConfig(Strict):
@@ -419,6 +443,10 @@ class TrainDraftConfig(TrainTargetConfig):
 class TrainHeadsConfig(TrainTargetConfig):
     """Training Medusa-style draft heads (VADUSA, methods.md §3) on a target codec LM.
 
+    With ``target_model`` (any backend, e.g. an hf-causal Llasa), the heads learn from the frozen
+    target's hidden states over ``train_manifest`` tokenised by ``codec`` (the family's codec), one
+    teacher-forced pass per utterance (``TargetModel.score``), batched up to ``batch_tokens``.
+
     Loss: ``Σ_k decay^k · CE(head_k, y_{t+2+k})`` over the target tokens (k = 0..n_heads-1, 0-based).
     ``mode: frozen`` trains only the heads (the target runs once per batch without gradients);
     ``mode: joint`` also fine-tunes the target with ``LM loss + heads_weight · heads loss`` at
@@ -427,6 +455,9 @@ class TrainHeadsConfig(TrainTargetConfig):
     """
 
     target: str = "builtin:target-small"
+    # a target of any backend, written like a recipe's model: block (e.g. backend: hf-causal, path, family);
+    # when set, ``target`` is unused, training is frozen (mode: frozen) and prompts carry their transcripts
+    target_model: ModelRef | None = None
     n_heads: int = Field(default=4, ge=1, le=16)
     head_layers: int = Field(default=1, ge=0, le=8)
     autoregressive: bool = False

@@ -15,6 +15,7 @@ from specbench.decoding.generate import generate
 from specbench.decoding.proposers import DraftChainProposer
 from specbench.decoding.sampling import Sampling
 from specbench.models.lm_io import load_lm
+from specbench.targets.builtin import as_target, context_from_ids
 from specbench.text import encode_phonemes, phonemize_one
 
 pytestmark = pytest.mark.skipif(
@@ -39,9 +40,11 @@ def setup(tmp_path_factory):
 def test_greedy_speculative_matches_greedy_baseline_on_shipped_model(setup) -> None:
     target, draft, prompt, texts = setup
     for text in texts:
-        base, bst = generate(target, text, prompt, Sampling(), 400, torch.Generator())
+        base, bst = generate(as_target(target), context_from_ids(text, prompt), Sampling(), 400, torch.Generator())
         assert bst.hit_eos and base.numel() > 50  # a real utterance, not an empty or runaway one
         for rule, gamma in ((exact, 3), (greedy, 5)):
-            toks, st = generate(target, text, prompt, Sampling(), 400, torch.Generator(), DraftChainProposer(draft, gamma), rule)
+            toks, st = generate(
+                as_target(target), context_from_ids(text, prompt), Sampling(), 400, torch.Generator(), DraftChainProposer(as_target(draft), gamma), rule
+            )
             assert toks.tolist() == base.tolist(), f"{rule.__name__} gamma={gamma} diverged"
             assert st.mean_accepted_len > 1.2 and st.target_calls < bst.target_calls

@@ -7,6 +7,7 @@ import torch
 from specbench.decoding.generate import generate, teacher_forced_tokens
 from specbench.decoding.sampling import Sampling, next_token, warp
 from specbench.models.codec_lm import CodecLM, ModelConfig
+from specbench.targets.builtin import as_target, context_from_ids
 
 
 def _model() -> CodecLM:
@@ -17,7 +18,7 @@ def _model() -> CodecLM:
 def _run(model: CodecLM, s: Sampling, seed: int, max_tokens: int = 25):
     text = torch.arange(2, 12)
     prompt = torch.arange(0, 8) % 40
-    return generate(model, text, prompt, s, max_tokens, torch.Generator().manual_seed(seed))
+    return generate(as_target(model), context_from_ids(text, prompt), s, max_tokens, torch.Generator().manual_seed(seed))
 
 
 def test_greedy_is_deterministic_and_matches_manual_argmax() -> None:
@@ -94,11 +95,11 @@ def test_teacher_forced_along_own_greedy_output_reproduces_it() -> None:
     model = _model()
     out, _ = _run(model, Sampling(), seed=0, max_tokens=40)
     prompt = torch.arange(0, 8) % 40
-    tf = teacher_forced_tokens(model, torch.arange(2, 12), prompt, out)
+    tf = teacher_forced_tokens(as_target(model), context_from_ids(torch.arange(2, 12), prompt), out)
     assert tf.tolist() == out.tolist()
     # along a different history the per-step argmax changes somewhere (the history is really used)
     other = (out + 1) % model.cfg.speech_vocab
-    assert teacher_forced_tokens(model, torch.arange(2, 12), prompt, other).tolist() != out.tolist()
+    assert teacher_forced_tokens(as_target(model), context_from_ids(torch.arange(2, 12), prompt), other).tolist() != out.tolist()
 
 
 def test_teacher_forced_never_emits_eos_and_keeps_the_length() -> None:
@@ -106,6 +107,6 @@ def test_teacher_forced_never_emits_eos_and_keeps_the_length() -> None:
     with torch.no_grad():
         model.head.bias[model.cfg.eos] = 1e4  # EOS would win every argmax
     codes = torch.arange(0, 30) % model.cfg.speech_vocab
-    tf = teacher_forced_tokens(model, torch.arange(2, 12), torch.arange(0, 8) % 40, codes)
+    tf = teacher_forced_tokens(as_target(model), context_from_ids(torch.arange(2, 12), torch.arange(0, 8) % 40), codes)
     assert tf.shape == codes.shape
     assert int(tf.max()) < model.cfg.speech_vocab

@@ -20,6 +20,7 @@ from specbench.decoding.groups import Groups, build_groups, groups_from_model, m
 from specbench.decoding.tree import Proposal, dense_shape
 from specbench.decoding.tree_rules import group_tree, group_tree_verdict, recursive_rejection
 from specbench.errors import ConfigError, ModelError
+from specbench.targets.builtin import as_target
 
 V = 10
 N = 6000
@@ -255,14 +256,14 @@ def _tiny_lm():
 def test_groups_from_model_tables() -> None:
     lm = _tiny_lm()
     cfg = lm.cfg
-    inp = model_table(lm, "input")
+    inp = model_table(as_target(lm), "input")
     assert torch.equal(inp[5], lm.tok_emb.weight[cfg.speech_offset + 5]) and torch.equal(inp[-1], lm.tok_emb.weight[-1])
-    assert torch.equal(model_table(lm, "output"), lm.head.weight)
+    assert torch.equal(model_table(as_target(lm), "output"), lm.head.weight)
     for source in ("input", "output"):
-        g = groups_from_model(lm, 0.1, source=source)
+        g = groups_from_model(as_target(lm), 0.1, source=source)
         assert g.vocab == cfg.speech_vocab + 1 and g.source == source
         assert g.members(cfg.eos).tolist() == [cfg.eos] and g.labels_of(cfg.eos)[0].tolist() == [cfg.eos]
-        assert torch.allclose(g.to_dense(), _dense_reference(model_table(lm, source), 0.1, [cfg.eos], "uniform"), atol=1e-6)
+        assert torch.allclose(g.to_dense(), _dense_reference(model_table(as_target(lm), source), 0.1, [cfg.eos], "uniform"), atol=1e-6)
 
 
 # ---- (g) scale: no dense V×V --------------------------------------------------------------------

@@ -15,6 +15,7 @@ from specbench.errors import ConfigError, ModelError, RunStateError
 from specbench.models.codec_lm import CodecLM, ModelConfig
 from specbench.models.heads import DraftHeads, check_compatible, load_heads, save_heads
 from specbench.models.train import IGNORE
+from specbench.targets.builtin import as_target
 
 QUIET = {"log": lambda *_: None}
 
@@ -35,7 +36,7 @@ def _heads_config(assets: dict[str, Any], out: Path, **kw: Any) -> TrainHeadsCon
 @pytest.mark.parametrize("autoregressive", [False, True])
 def test_heads_start_equal_to_the_target_head(autoregressive: bool) -> None:
     target = _target()
-    heads = DraftHeads.from_target(target, n_heads=3, n_layers=2, autoregressive=autoregressive)
+    heads = DraftHeads.from_target(as_target(target), n_heads=3, n_layers=2, autoregressive=autoregressive)
     assert heads.cfg.vocab == 17 and heads.cfg.d_model == 32
     h = torch.randn(5, 32)
     emb = target.tok_emb.weight[target.cfg.speech_offset + torch.tensor([0, 3, 7, 16, 2])]  # 16 = EOS row
@@ -55,7 +56,7 @@ def test_heads_start_equal_to_the_target_head(autoregressive: bool) -> None:
 
 def test_autoregressive_heads_use_the_previous_token_once_trained() -> None:
     target = _target()
-    heads = DraftHeads.from_target(target, n_heads=2, autoregressive=True)
+    heads = DraftHeads.from_target(as_target(target), n_heads=2, autoregressive=True)
     torch.nn.init.normal_(heads.heads[1].prev.weight)
     h = torch.randn(1, 32).expand(2, 32)
     emb = target.tok_emb.weight[target.cfg.speech_offset + torch.tensor([1, 2])]
@@ -81,7 +82,7 @@ def test_save_load_round_trip_and_wrong_kinds(tmp_path: Path) -> None:
     from specbench.models.lm_io import export_model
 
     target = _target()
-    heads = DraftHeads.from_target(target, n_heads=2, n_layers=1, autoregressive=True)
+    heads = DraftHeads.from_target(as_target(target), n_heads=2, n_layers=1, autoregressive=True)
     torch.nn.init.normal_(heads.heads[0].blocks[0].weight, std=0.1)
     save_heads(heads, tmp_path / "h.pt", "some/target.pt", "codec-x", {"accuracy": [{"head": 0, "top1": 0.5}]})
     loaded, payload = load_heads(tmp_path / "h.pt")
@@ -91,9 +92,9 @@ def test_save_load_round_trip_and_wrong_kinds(tmp_path: Path) -> None:
     assert not loaded.training and loaded.heads[0].proj.weight.dtype == torch.float32  # ... fp32 in memory
     h, e = torch.randn(4, 32), torch.randn(4, 32)
     torch.testing.assert_close(loaded.head_logits(h, 0, e), heads.head_logits(h, 0, e), rtol=2e-3, atol=2e-3)
-    check_compatible(loaded, target)
+    check_compatible(loaded, as_target(target))
     with pytest.raises(ModelError, match="do not fit"):
-        check_compatible(loaded, CodecLM(ModelConfig(speech_vocab=8, d_model=32, n_layers=1, n_heads=2, d_ff=64)))
+        check_compatible(loaded, as_target(CodecLM(ModelConfig(speech_vocab=8, d_model=32, n_layers=1, n_heads=2, d_ff=64))))
 
     export_model(target, tmp_path / "lm.pt", "codec-x", {})
     with pytest.raises(ModelError, match="'codec-lm' file, expected a checkpoint of kind 'heads'") as err:
@@ -166,7 +167,7 @@ def test_frozen_training_lowers_the_heads_loss_and_keeps_the_backbone(tiny_asset
     assert [a["head"] for a in acc] == [0, 1, 2] and all(0 <= a["top1"] <= a["top5"] <= 1 and a["n"] > 0 for a in acc)
     rows = list(read_jsonl(out / "history.jsonl"))
     assert [r["step"] for r in rows] == [0, 10, 20] and rows[-1]["accuracy"] == acc
-    init = DraftHeads.from_target(original, n_heads=3)
+    init = DraftHeads.from_target(as_target(original), n_heads=3)
     assert _fixed_batch_loss(heads, original, tiny_assets) < _fixed_batch_loss(init, original, tiny_assets) - 0.05
 
     # a second start refuses to overwrite; --resume continues from last.pt
@@ -196,7 +197,7 @@ def test_joint_training_updates_and_exports_the_backbone(tiny_assets, tmp_path) 
     original, _ = load_lm(tiny_assets["model"])
     assert obj["meta"]["init"] == "joint-heads"
     assert not torch.allclose(tuned.blocks[0].fc1.weight, original.blocks[0].fc1.weight)
-    check_compatible(heads, tuned)
+    check_compatible(heads, as_target(tuned))
     assert heads.heads[1].prev.weight.abs().sum() > 0  # the autoregressive conditioning was trained
 
 

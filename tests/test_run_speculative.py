@@ -9,6 +9,7 @@ from conftest import tiny_recipe
 from typer.testing import CliRunner
 
 from specbench.cli import app
+from specbench.targets.builtin import as_target
 
 
 def test_speculative_decoders_in_a_run(tiny_assets, tmp_path) -> None:
@@ -54,7 +55,7 @@ def test_vadusa_pcg_and_combinations_in_a_run(tiny_assets, tmp_path) -> None:
     model = str(tiny_assets["model"])
     target, ck = load_lm(model)
     torch.manual_seed(0)
-    heads = DraftHeads.from_target(target, n_heads=3)
+    heads = DraftHeads.from_target(as_target(target), n_heads=3)
     heads_path = tmp_path / "heads.pt"
     save_heads(heads, heads_path, model, ck["codec_id"], {})
     out = tmp_path / "run"
@@ -170,7 +171,7 @@ def test_bench_reports_ratios_overhead_and_tree_verify_cost(tiny_assets, tmp_pat
     target, ck = load_lm(model)
     torch.manual_seed(0)
     heads_path = tmp_path / "heads.pt"
-    save_heads(DraftHeads.from_target(target, n_heads=3), heads_path, model, ck["codec_id"], {})
+    save_heads(DraftHeads.from_target(as_target(target), n_heads=3), heads_path, model, ck["codec_id"], {})
     recipe = tiny_recipe(
         tiny_assets,
         tmp_path / "bench",

@@ -9,6 +9,7 @@ from specbench.decoding.generate import generate
 from specbench.decoding.proposers import DraftChainProposer
 from specbench.decoding.sampling import Sampling
 from specbench.models.codec_lm import CodecLM, ModelConfig
+from specbench.targets.builtin import as_target, context_from_ids
 
 CFG = dict(speech_vocab=24, d_model=32, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)
 
@@ -34,10 +35,18 @@ PROMPT = torch.arange(0, 10) % 24
 
 def test_greedy_speculative_equals_greedy_baseline() -> None:
     target, draft = _models()
-    base, bs = generate(target, TEXT, PROMPT, Sampling(), 120, torch.Generator().manual_seed(0))
+    base, bs = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 120, torch.Generator().manual_seed(0))
     for rule in (greedy, exact):
         for gamma in (1, 3, 5):
-            toks, st = generate(target, TEXT, PROMPT, Sampling(), 120, torch.Generator().manual_seed(0), DraftChainProposer(draft, gamma), rule)
+            toks, st = generate(
+                as_target(target),
+                context_from_ids(TEXT, PROMPT),
+                Sampling(),
+                120,
+                torch.Generator().manual_seed(0),
+                DraftChainProposer(as_target(draft), gamma),
+                rule,
+            )
             assert toks.tolist() == base.tolist(), (rule.__name__, gamma)
             assert st.tokens == bs.tokens
             assert st.target_calls < bs.target_calls or st.accepted == 0
@@ -48,8 +57,8 @@ def test_greedy_speculative_equals_greedy_baseline() -> None:
 def test_self_draft_accepts_everything_greedy() -> None:
     """Target as its own draft: every draft is accepted, γ+1 tokens per verify round."""
     target, _ = _models()
-    toks, st = generate(target, TEXT, PROMPT, Sampling(), 61, torch.Generator(), DraftChainProposer(target, 4), greedy)
-    base, _ = generate(target, TEXT, PROMPT, Sampling(), 61, torch.Generator())
+    toks, st = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 61, torch.Generator(), DraftChainProposer(as_target(target), 4), greedy)
+    base, _ = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 61, torch.Generator())
     assert toks.tolist() == base.tolist()
     assert st.accepted == st.proposed
     assert st.accept_at_pos == [st.target_calls] * 4
@@ -59,14 +68,24 @@ def test_self_draft_accepts_everything_greedy() -> None:
 def test_sampled_self_draft_exact_accepts_all() -> None:
     """p == q makes every ratio 1: all drafts accepted under the exact rule with sampling."""
     target, _ = _models()
-    _, st = generate(target, TEXT, PROMPT, Sampling(temperature=1.0), 40, torch.Generator().manual_seed(3), DraftChainProposer(target, 3), exact)
+    _, st = generate(
+        as_target(target),
+        context_from_ids(TEXT, PROMPT),
+        Sampling(temperature=1.0),
+        40,
+        torch.Generator().manual_seed(3),
+        DraftChainProposer(as_target(target), 3),
+        exact,
+    )
     assert st.accepted == st.proposed > 0
 
 
 def test_beta_one_reproduces_the_draft_model() -> None:
     """β = 1 accepts all drafts, so greedy output = the draft model's own greedy decoding."""
     target, draft = _models()
-    toks, st = generate(target, TEXT, PROMPT, Sampling(), 40, torch.Generator(), DraftChainProposer(draft, 3), make_beta(1.0))
+    toks, st = generate(
+        as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 40, torch.Generator(), DraftChainProposer(as_target(draft), 3), make_beta(1.0)
+    )
     assert st.accepted == st.proposed
     # after the target's first token, the next three are the draft's own greedy continuation
     with torch.no_grad():
@@ -82,16 +101,16 @@ def test_beta_one_reproduces_the_draft_model() -> None:
 def test_sampled_speculative_is_reproducible() -> None:
     target, draft = _models()
     s = Sampling(temperature=1.0, top_k=10)
-    a, _ = generate(target, TEXT, PROMPT, s, 50, torch.Generator().manual_seed(9), DraftChainProposer(draft, 3), exact)
-    b, _ = generate(target, TEXT, PROMPT, s, 50, torch.Generator().manual_seed(9), DraftChainProposer(draft, 3), exact)
+    a, _ = generate(as_target(target), context_from_ids(TEXT, PROMPT), s, 50, torch.Generator().manual_seed(9), DraftChainProposer(as_target(draft), 3), exact)
+    b, _ = generate(as_target(target), context_from_ids(TEXT, PROMPT), s, 50, torch.Generator().manual_seed(9), DraftChainProposer(as_target(draft), 3), exact)
     assert a.tolist() == b.tolist()
 
 
 def test_draft_cache_after_rollback_equals_rerun_of_accepted_prefix() -> None:
     """After many accept/reject rounds, the draft's cache equals a fresh run over the emitted tokens."""
     target, draft = _models()
-    proposer = DraftChainProposer(draft, 4)
-    toks, st = generate(target, TEXT, PROMPT, Sampling(temperature=1.0), 45, torch.Generator().manual_seed(2), proposer, exact)
+    proposer = DraftChainProposer(as_target(draft), 4)
+    toks, st = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(temperature=1.0), 45, torch.Generator().manual_seed(2), proposer, exact)
     assert 0 < st.accepted < st.proposed  # both branches of the rollback ran
     consumed = toks.numel() - len(proposer.pending)
     # the emitted token that ended the round (or the cap) may be beyond the last pending one

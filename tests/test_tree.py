@@ -17,6 +17,7 @@ from specbench.decoding.tree_rules import TreeVerdict, best_path, expected_accep
 from specbench.errors import ConfigError
 from specbench.models.codec_lm import CodecLM, ModelConfig
 from specbench.models.heads import DraftHeads
+from specbench.targets.builtin import as_target, context_from_ids
 
 CFG = dict(speech_vocab=24, d_model=32, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)
 TEXT = torch.arange(2, 14)
@@ -34,7 +35,7 @@ def _target() -> CodecLM:
 def _heads(target: CodecLM, autoregressive: bool = False, noise: float = 0.3) -> DraftHeads:
     """Heads that partly agree with the target: the LM-head copy plus noise (so some nodes fail)."""
     torch.manual_seed(5)
-    heads = DraftHeads.from_target(target, n_heads=3, n_layers=1, autoregressive=autoregressive)
+    heads = DraftHeads.from_target(as_target(target), n_heads=3, n_layers=1, autoregressive=autoregressive)
     with torch.no_grad():
         for p in heads.parameters():
             p.add_(noise * torch.randn_like(p))
@@ -112,9 +113,9 @@ def test_tree_commit_equals_rerun_of_accepted_path() -> None:
 def test_greedy_tree_decoding_equals_greedy_baseline(autoregressive: bool, tree: str) -> None:
     target = _target()
     heads = _heads(target, autoregressive)
-    base, _ = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator())
-    prop = HeadsProposer(heads, target, load_tree(tree))
-    toks, st = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator(), prop, greedy_tree)
+    base, _ = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 90, torch.Generator())
+    prop = HeadsProposer(heads, as_target(target), load_tree(tree))
+    toks, st = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 90, torch.Generator(), prop, greedy_tree)
     assert torch.equal(toks, base)
     assert st.target_calls < base.numel() - 1  # some drafts were accepted ...
     assert st.accepted < st.proposed  # ... and some rejected: both commit branches ran
@@ -126,11 +127,19 @@ def test_heads_chain_equals_one_path_tree() -> None:
     target = _target()
     heads = _heads(target)
     s = Sampling(temperature=1.0)
-    a, sa = generate(target, TEXT, PROMPT, s, 60, torch.Generator().manual_seed(4), HeadsProposer(heads, target, chain_shape(3)), sample_tau(2))
-    prop = HeadsProposer(heads, target, chain_shape(3))
+    a, sa = generate(
+        as_target(target),
+        context_from_ids(TEXT, PROMPT),
+        s,
+        60,
+        torch.Generator().manual_seed(4),
+        HeadsProposer(heads, as_target(target), chain_shape(3)),
+        sample_tau(2),
+    )
+    prop = HeadsProposer(heads, as_target(target), chain_shape(3))
     prop.shape = chain_shape(3)
     prop.shape.__dict__["is_chain"] = False  # shadows the cached property: forces the tree-mask path
-    b, sb = generate(target, TEXT, PROMPT, s, 60, torch.Generator().manual_seed(4), prop, sample_tau(2))
+    b, sb = generate(as_target(target), context_from_ids(TEXT, PROMPT), s, 60, torch.Generator().manual_seed(4), prop, sample_tau(2))
     assert torch.equal(a, b) and sa.accepted == sb.accepted
 
 
@@ -259,7 +268,7 @@ def test_sampled_heads_tree_proposals_and_greedy_equivalence(autoregressive: boo
     target = _target()
     heads = _heads(target, autoregressive)
     shape = load_tree("dense-small")
-    prop = HeadsProposer(heads, target, shape, candidates="sample")
+    prop = HeadsProposer(heads, as_target(target), shape, candidates="sample")
     hidden = torch.randn(target.cfg.d_model)
     pr = prop.propose(3, hidden, Sampling(temperature=1.0), torch.Generator().manual_seed(0))
     assert pr.sampled and pr.q is not None
@@ -268,8 +277,16 @@ def test_sampled_heads_tree_proposals_and_greedy_equivalence(autoregressive: boo
         for j in range(i + 1, len(shape.nodes)):
             if shape.parents[i] == shape.parents[j]:
                 torch.testing.assert_close(pr.q[i], pr.q[j])
-    base, _ = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator())
-    toks, st = generate(target, TEXT, PROMPT, Sampling(), 90, torch.Generator(), HeadsProposer(heads, target, shape, "sample"), recursive_rejection)
+    base, _ = generate(as_target(target), context_from_ids(TEXT, PROMPT), Sampling(), 90, torch.Generator())
+    toks, st = generate(
+        as_target(target),
+        context_from_ids(TEXT, PROMPT),
+        Sampling(),
+        90,
+        torch.Generator(),
+        HeadsProposer(heads, as_target(target), shape, "sample"),
+        recursive_rejection,
+    )
     assert torch.equal(toks, base) and st.accepted > 0
 
 

@@ -9,17 +9,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from specbench.assets import same_file
-from specbench.bench.runner import PromptCache, resolve_manifest, select_items, text_tokens, token_budget
+from specbench.bench.runner import PromptCache, load_heads_for, resolve_manifest, select_items, text_length, token_budget
 from specbench.codec import load_codec
 from specbench.config import RunConfig
 from specbench.decoding.calibrate import grow_tree, head_acceptance, save_tree
 from specbench.decoding.sampling import Sampling
 from specbench.decoding.tree import TreeShape
 from specbench.device import resolve_device, set_threads
-from specbench.errors import ConfigError, ModelError
-from specbench.models.heads import load_heads
-from specbench.models.lm_io import load_lm
+from specbench.errors import ConfigError
+from specbench.targets import load_target
 
 RULES = ("greedy", "tolerance", "typical", "exact")
 
@@ -49,17 +47,16 @@ def calibrate_tree(
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
-    target, _ = load_lm(cfg.model.checkpoint, device)
-    heads, hck = load_heads(heads_spec, device)
-    if hck.get("target") and not same_file(hck["target"], cfg.model.checkpoint):
-        raise ModelError(f"heads {heads_spec} belong to target {hck['target']}, not {cfg.model.checkpoint}: set model.checkpoint")
+    target = load_target(cfg.model, device)
+    target.check_codec(codec)
+    heads = load_heads_for(heads_spec, target, codec, device)
     work = cfg.resolved_output_dir()
     manifest = resolve_manifest(cfg, work, console.print)
     utts = select_items(manifest.utterances, cfg.corpus.limit)
     prompts = PromptCache(manifest, codec, cfg.corpus.prompt_seconds, work)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
-    items = [(text_tokens(u), prompts.tokens(u)) for u in utts]
-    max_tokens = max(token_budget(cfg, t.numel()) for t, _ in items)
+    items = [prompts.context(u) for u in utts]
+    max_tokens = max(token_budget(cfg, text_length(u), codec.frame_rate) for u in utts)
     t0 = time.perf_counter()
     with console.status(f"calibrating {heads.cfg.n_heads} heads on {len(items)} utterances"):
         acc, positions = head_acceptance(target, heads, items, sampling, rule, tau=tau, mode=tolerance, max_rank=max_rank, max_tokens=max_tokens, seed=cfg.seed)
@@ -76,7 +73,7 @@ def calibrate_tree(
         "tau": tau if rule == "tolerance" else None,
         "tolerance": tolerance if rule == "tolerance" else None,
         "heads": heads_spec,
-        "model": cfg.model.checkpoint,
+        "model": target.id,
         "sampling": cfg.sampling.model_dump(),
         "corpus": cfg.corpus.model_dump(),
         "positions": positions,

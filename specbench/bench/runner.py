@@ -43,8 +43,7 @@ from specbench.decoding.sampling import Sampling
 from specbench.device import resolve_device, set_threads
 from specbench.errors import ConfigError, DataError, ModelError, RunStateError
 from specbench.jsonl import append_jsonl, read_jsonl, write_text_atomic
-from specbench.models.codec_lm import CodecLM
-from specbench.models.lm_io import load_lm
+from specbench.targets import Context, TargetModel, load_draft, load_target
 from specbench.text import encode_phonemes, phonemize_one
 
 REFERENCE_DECODERS = ("ground_truth", "codec_resynth")
@@ -157,65 +156,62 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class Models:
-    """What generation needs, loaded once (drafts by checkpoint path)."""
+    """What generation needs, loaded once (drafts by spec)."""
 
     codec: SpeechCodec
-    target: CodecLM
-    checkpoint: dict[str, Any]
+    target: TargetModel
     device: torch.device
     resources: DecoderResources
 
     @property
-    def drafts(self) -> dict[str, CodecLM]:
+    def drafts(self) -> dict[str, TargetModel]:
         return self.resources.drafts
 
 
-def _check_codec(spec: str, ckpt: dict[str, Any], codec: SpeechCodec, vocab: int) -> None:
-    if ckpt.get("codec_id") and ckpt["codec_id"] != codec.id:
+def load_heads_for(spec: str, target: TargetModel, codec: SpeechCodec, device: torch.device) -> Any:
+    """Draft heads checkpoint ``spec``, refused unless trained on ``target`` (and its codec)."""
+    from specbench.models.heads import check_compatible, load_heads
+
+    heads, hck = load_heads(spec, device)
+    if hck.get("codec_id") and hck["codec_id"] != codec.id:
+        raise ModelError(f"heads {spec} were trained on codec {hck['codec_id']} but the recipe loads {codec.id}: use heads trained with this codec")
+    if hck.get("target") and not same_file(hck["target"], target.id):
         raise ModelError(
-            f"model {spec} was trained on codec {ckpt['codec_id']} but the recipe loads {codec.id}: point codec.path at the codec the model was trained with"
+            f"heads {spec} were trained on target {hck['target']} but the recipe's model is {target.id}: "
+            "set the model to that target (joint training writes its own target.pt) or train heads for this one"
         )
-    if vocab != codec.vocab_size:
-        raise ModelError(f"model {spec} has vocabulary {vocab} but codec {codec.id} has {codec.vocab_size}: use matching files")
+    check_compatible(heads, target, f"heads {spec}")
+    return heads
 
 
 def load_models(cfg: RunConfig) -> Models:
-    """Codec + target model; refuses a model trained on another codec."""
+    """Codec + target model (+ drafts, heads); refuses a model trained on another codec."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
     codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
-    target, ckpt = load_lm(cfg.model.checkpoint, device)
-    _check_codec(cfg.model.checkpoint, ckpt, codec, target.cfg.speech_vocab)
+    target = load_target(cfg.model, device)
+    target.check_codec(codec)
     res = DecoderResources(target)
     for d in cfg.decoders:
         if d.draft and d.draft not in res.drafts:
-            draft, dck = load_lm(d.draft, device)
-            _check_codec(d.draft, dck, codec, draft.cfg.speech_vocab)
+            draft = load_draft(d.draft, target, cfg.model, device)
+            draft.check_codec(codec)
             res.drafts[d.draft] = draft
         if d.heads and d.heads not in res.heads:
-            from specbench.models.heads import load_heads
-
-            heads, hck = load_heads(d.heads, device)
-            _check_codec(d.heads, hck, codec, heads.cfg.vocab - 1)
-            if hck.get("target") and not same_file(hck["target"], cfg.model.checkpoint):
-                raise ModelError(
-                    f"heads {d.heads} were trained on target {hck['target']} but model.checkpoint is {cfg.model.checkpoint}: "
-                    "set model.checkpoint to that target (joint training writes its own target.pt)"
-                )
-            res.heads[d.heads] = heads
+            res.heads[d.heads] = load_heads_for(d.heads, target, codec, device)
         if d.method == "speculative":
             check_heads_depth(d, res)
             build_tree_rule(d, res)  # fail before generating anything (e.g. groups of an impossible θ)
-    return Models(codec, target, ckpt, device, res)
+    return Models(codec, target, device, res)
 
 
-def decode_one(m: Models, d: DecoderConfig, text: torch.Tensor, prompt: torch.Tensor, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
+def decode_one(m: Models, d: DecoderConfig, ctx: Context, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
     """Run decoder ``d`` on one utterance with a fresh generator seeded by ``seed`` (``profile``: see generate)."""
     gen = torch.Generator(device=m.device).manual_seed(seed)
     if d.method == "baseline":
-        return generate(m.target, text, prompt, sampling, max_tokens, gen, profile=profile)
+        return generate(m.target, ctx, sampling, max_tokens, gen, profile=profile)
     proposer = build_proposer(d, m.resources)
-    return generate(m.target, text, prompt, sampling, max_tokens, gen, proposer, build_tree_rule(d, m.resources), profile=profile)
+    return generate(m.target, ctx, sampling, max_tokens, gen, proposer, build_tree_rule(d, m.resources), profile=profile)
 
 
 class PromptCache:
@@ -224,6 +220,7 @@ class PromptCache:
     def __init__(self, manifest: Manifest, codec: SpeechCodec, seconds: float, out: Path) -> None:
         self.manifest, self.codec, self.seconds, self.out = manifest, codec, seconds, out
         self._tokens: dict[str, torch.Tensor] = {}
+        self._texts = {u.utt_id: u.text for u in manifest.utterances}
 
     def path(self, utt: Utterance) -> Path:
         return self.out / "audio" / "prompts" / f"{utt.utt_id}.wav"
@@ -237,19 +234,38 @@ class PromptCache:
             self._tokens[utt.utt_id] = self.codec.encode(wav, sr)
         return self._tokens[utt.utt_id]
 
+    def transcript(self, utt: Utterance) -> str | None:
+        """What the prompt says: ``extra.prompt_text``, else the text of ``prompt_utt_id`` in the manifest."""
+        return utt.extra.get("prompt_text") or self._texts.get(utt.prompt_utt_id or "")
 
-def text_tokens(utt: Utterance) -> torch.Tensor:
-    """Phoneme ids of an utterance (espeak-ng when the manifest has no phonemes)."""
-    phonemes = utt.phonemes or phonemize_one(utt.text)
-    return torch.tensor(encode_phonemes(phonemes), dtype=torch.long)
+    def context(self, utt: Utterance) -> Context:
+        """The utterance's :class:`~specbench.targets.Context` (text, phonemes, prompt transcript and tokens)."""
+        return Context(text=utt.text, phonemes=phonemes_of(utt), prompt_tokens=self.tokens(utt), prompt_text=self.transcript(utt))
 
 
-def token_budget(cfg: RunConfig, n_text: int) -> int:
-    """``min(max_tokens, ceil(max_tokens_per_text_token × text length))``: stops a model that never ends."""
+def phonemes_of(utt: Utterance) -> str:
+    """The utterance's espeak-ng phonemes (computed when the manifest has none)."""
+    return utt.phonemes or phonemize_one(utt.text)
+
+
+def text_length(utt: Utterance) -> int:
+    """Length of the text in phoneme units, the model-independent measure token budgets scale with."""
+    return len(encode_phonemes(phonemes_of(utt)))
+
+
+BUDGET_FRAME_RATE = 50.0  # max_tokens_per_text_token is stated for a 50 tokens/s codec
+
+
+def token_budget(cfg: RunConfig, n_text: int, frame_rate: float = BUDGET_FRAME_RATE) -> int:
+    """``min(max_tokens, ceil(max_tokens_per_text_token × n_text × frame_rate / 50))``: stops a model that never ends.
+
+    ``n_text`` is the text length in phoneme units (:func:`text_length`); the ratio is per phoneme at 50
+    tokens/s, so a codec writing 82 tokens/s (Orpheus' flat SNAC stream) gets a proportionally larger budget.
+    """
     s = cfg.sampling
     if s.max_tokens_per_text_token is None:
         return s.max_tokens
-    return max(1, min(s.max_tokens, math.ceil(s.max_tokens_per_text_token * n_text)))
+    return max(1, min(s.max_tokens, math.ceil(s.max_tokens_per_text_token * n_text * frame_rate / BUDGET_FRAME_RATE)))
 
 
 def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
@@ -267,13 +283,14 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
     write_env(out, capture_env(m.device, cfg.seed))
     prompts = PromptCache(manifest, m.codec, cfg.corpus.prompt_seconds, out)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
-    common = {"codec_id": m.codec.id, "model": cfg.model.checkpoint, "device": str(m.device), "sampling": cfg.sampling.model_dump()}
+    common = {"codec_id": m.codec.id, "model": m.target.id, "device": str(m.device), "sampling": cfg.sampling.model_dump()}
+    rate = m.codec.frame_rate
 
     if jobs and cfg.warmup:
-        first = jobs[0][1]
+        first = prompts.context(jobs[0][1])
         for d in cfg.decoders:  # warm-up runs (allocator, caches, lazy init) are discarded
             for _ in range(cfg.warmup):
-                decode_one(m, d, text_tokens(first), prompts.tokens(first), sampling, min(50, token_budget(cfg, 10)), 0)
+                decode_one(m, d, first, sampling, min(50, token_budget(cfg, 10, rate)), 0)
 
     new = 0
     with _progress() as progress:
@@ -281,8 +298,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
         for rep, u, d in jobs:
             progress.update(task, description=f"{d.name} {u.utt_id}")
             seed = item_seed(cfg.seed, u.utt_id, rep)
-            text = text_tokens(u)
-            tokens, stats = decode_one(m, d, text, prompts.tokens(u), sampling, token_budget(cfg, text.numel()), seed)
+            tokens, stats = decode_one(m, d, prompts.context(u), sampling, token_budget(cfg, text_length(u), rate), seed)
             t0 = time.perf_counter()
             wav, sr = m.codec.decode(tokens)
             decode_seconds = time.perf_counter() - t0
@@ -327,7 +343,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
                 wav, sr = read_audio(ref_path)
                 codes = m.codec.encode(wav, sr)
                 if name == TEACHER_FORCED:
-                    codes = teacher_forced_tokens(m.target, text_tokens(u), prompts.tokens(u), codes)
+                    codes = teacher_forced_tokens(m.target, prompts.context(u), codes)
                 rt, rsr = m.codec.decode(codes)
                 audio = out / "audio" / name / f"{u.utt_id}.r0.wav"
                 write_audio(audio, rt, rsr)

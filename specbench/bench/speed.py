@@ -21,7 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from specbench.bench.runner import PromptCache, decode_one, load_models, resolve_manifest, select_items, text_tokens, token_budget
+from specbench.bench.runner import PromptCache, decode_one, load_models, resolve_manifest, select_items, text_length, token_budget
 from specbench.config import RunConfig
 from specbench.decoding.sampling import Sampling
 from specbench.decoding.tree import TreeShape
@@ -31,8 +31,7 @@ from specbench.jsonl import write_text_atomic
 
 def verify_cost(
     m: Any,
-    text: torch.Tensor,
-    prompt: torch.Tensor,
+    ctx: Any,
     sizes: tuple[int, ...] = (1, 2, 4, 8, 16),
     trees: dict[str, TreeShape] | None = None,
     reps: int = 30,
@@ -45,18 +44,18 @@ def verify_cost(
     out: dict[str, tuple[int, float]] = {}
     with torch.inference_mode():
         n_max = max(n for _, n, _, _ in jobs)
-        _, _, cache = m.target.prefill(text.to(m.device), prompt.to(m.device), capacity=text.numel() + prompt.numel() + n_max + 2)
+        _, _, cache = m.target.prefill(ctx, capacity=n_max + 2)
         base = cache.length
         for label, n, mask, offsets in jobs:
-            toks = torch.arange(n, device=m.device) % m.target.cfg.speech_vocab
+            toks = torch.arange(n, device=m.device) % m.target.speech_vocab
             times = []
             for _ in range(reps):
                 synchronize(m.device)
                 t0 = time.perf_counter()
                 if mask is None:
-                    m.target(toks, cache)
+                    m.target.step(toks, cache)
                 else:
-                    m.target(toks, cache, positions=cache.speech_len + offsets, tree_mask=mask)
+                    m.target.step(toks, cache, depths=offsets, tree_mask=mask)
                 synchronize(m.device)
                 times.append(time.perf_counter() - t0)
                 cache.crop(base)
@@ -76,13 +75,13 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
     prompts = PromptCache(manifest, m.codec, cfg.corpus.prompt_seconds, out)
     s = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
     for d in cfg.decoders:  # warm-up, discarded
-        decode_one(m, d, text_tokens(items[0]), prompts.tokens(items[0]), s, 40, 0)
+        decode_one(m, d, prompts.context(items[0]), s, 40, 0)
     rows = []
     for rep in range(cfg.repeats):
         for i, u in enumerate(items):
-            text, prompt = text_tokens(u), prompts.tokens(u)
+            ctx, budget = prompts.context(u), token_budget(cfg, text_length(u), m.codec.frame_rate)
             for d in cfg.decoders:
-                _, st = decode_one(m, d, text, prompt, s, token_budget(cfg, text.numel()), cfg.seed + 1000 * rep + i, profile=True)
+                _, st = decode_one(m, d, ctx, s, budget, cfg.seed + 1000 * rep + i, profile=True)
                 rows.append({"decoder": d.name, "utt": u.utt_id, "rep": rep, **st.to_row()})
     df = pd.DataFrame(rows)
     per = df.groupby(["decoder", "utt"], sort=False).median(numeric_only=True).reset_index()
@@ -110,7 +109,7 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
         )
     summary = pd.DataFrame(table)
     trees = {d.tree: m.resources.tree(d.tree) for d in cfg.decoders if d.proposer == "heads-tree" and d.tree}
-    vc = verify_cost(m, text_tokens(items[0]), prompts.tokens(items[0]), trees=trees)
+    vc = verify_cost(m, prompts.context(items[0]), trees=trees)
     one = vc["1"][1]
     verify = pd.DataFrame([{"forward": label, "tokens": n, "ms": 1000 * t, "cost_vs_1": t / one} for label, (n, t) in vc.items()])
     _print(console, summary, "decoders (ratios vs " + base + ")")

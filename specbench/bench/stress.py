@@ -23,7 +23,7 @@ from specbench.bench.runner import load_records, load_run_config, resolve_audio
 from specbench.codec import load_codec
 from specbench.decoding.groups import Groups, groups_from_model
 from specbench.errors import RunStateError
-from specbench.models.lm_io import load_lm
+from specbench.targets import load_target
 
 
 def swap_within_groups(tokens: np.ndarray, groups: Groups, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, int]:
@@ -69,7 +69,7 @@ def stress_groups(
     missing = [r["audio"] for r in rows if not (run_dir / r["audio"].replace(".wav", ".tokens.npy")).is_file()]
     if missing:
         raise RunStateError(f"{len(missing)} rows of {run_dir} have no saved tokens (e.g. {missing[0]}): regenerate them with this version")
-    target, _ = load_lm(cfg.model.checkpoint)
+    target = load_target(cfg.model, "cpu")
     groups = groups_from_model(target, theta, source=source, weighting=weighting)
     codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth)
     asr, spk = build_asr(cfg.scoring.asr), build_speaker(cfg.scoring.speaker)

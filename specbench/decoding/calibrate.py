@@ -26,14 +26,14 @@ from specbench.decoding.generate import generate
 from specbench.decoding.sampling import Sampling, warp
 from specbench.decoding.tree import TreeShape
 from specbench.decoding.tree_rules import expected_acceptance
-from specbench.models.codec_lm import CodecLM
+from specbench.targets.base import Context, TargetModel
 
 
 @torch.inference_mode()
 def head_acceptance(
-    target: CodecLM,
+    target: TargetModel,
     heads: Any,
-    items: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    items: Iterable[Context],
     sampling: Sampling,
     rule: str,
     *,
@@ -50,28 +50,28 @@ def head_acceptance(
     x_{j+1+k}, so its candidate c is judged against P_{j+1+k}. Autoregressive heads condition on
     x_{j+1+k} (the parent token along the path).
     """
-    dev = target.head.weight.device
+    dev = target.device
+    hdtype = next(heads.parameters()).dtype
+    emb = target.speech_embeddings().detach().to(hdtype) if heads.cfg.autoregressive else None
     k_heads = heads.cfg.n_heads
     total = torch.zeros(k_heads, max_rank, device=dev)
     count = torch.zeros(k_heads, device=dev)
-    for i, (text, prompt) in enumerate(items):
+    for i, ctx in enumerate(items):
         gen = torch.Generator(device=dev).manual_seed(seed + i)
-        toks, _ = generate(target, text, prompt, sampling, max_tokens, gen)
+        toks, _ = generate(target, ctx, sampling, max_tokens, gen)
         toks = toks.to(dev)
         t = toks.numel()
         if t < 2:
             continue
-        logits0, h0, cache = target.prefill(text.to(dev), prompt.to(dev), capacity=text.numel() + prompt.numel() + t + 2)
-        logits, hid = target(toks, cache)
-        hidden = torch.cat([h0[None], hid])  # H_0..H_T
+        logits0, h0, cache = target.prefill(ctx, capacity=t + 2)
+        logits, hid = target.step(toks, cache)
+        hidden = torch.cat([h0[None], hid]).to(hdtype)  # H_0..H_T
         p = warp(torch.cat([logits0[None], logits]), sampling)  # P_0..P_T
         for k in range(k_heads):
             n = t - 1 - k  # positions j = 0..t-2-k keep the parent x_{j+1+k} inside the generation
             if n <= 0:
                 continue
-            prev = None
-            if heads.cfg.autoregressive:
-                prev = target.tok_emb.weight[toks[k : k + n] + target.cfg.speech_offset]
+            prev = None if emb is None else emb[toks[k : k + n]]
             cand = torch.topk(heads.head_logits(hidden[:n], k, prev), max_rank, dim=-1).indices  # [n, R]
             parent_p = p[1 + k : 1 + k + n]  # P_{j+1+k}
             acc = expected_acceptance(rule, parent_p[:, None, :].expand(-1, max_rank, -1), cand, tau=tau, mode=mode)

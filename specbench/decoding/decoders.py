@@ -15,15 +15,15 @@ from specbench.decoding.proposers import DraftChainProposer, HeadsProposer, Prop
 from specbench.decoding.tree import TreeShape, chain_shape, load_tree
 from specbench.decoding.tree_rules import TreeRule, as_tree_rule, greedy_tree, group_tree, recursive_rejection, sample_tau, top_tau, typical
 from specbench.errors import ConfigError, ModelError
-from specbench.models.codec_lm import CodecLM
+from specbench.targets.base import TargetModel
 
 
 @dataclass
 class DecoderResources:
     """Everything decoders of one run share: target, drafts by spec, heads by spec, groups by key."""
 
-    target: CodecLM
-    drafts: dict[str, CodecLM] = field(default_factory=dict)
+    target: TargetModel
+    drafts: dict[str, TargetModel] = field(default_factory=dict)
     heads: dict[str, Any] = field(default_factory=dict)
     groups: dict[tuple, Any] = field(default_factory=dict)
     trees: dict[str, TreeShape] = field(default_factory=dict)

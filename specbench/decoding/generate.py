@@ -20,14 +20,13 @@ from specbench.decoding.sampling import Sampling, next_token, warp
 from specbench.decoding.stats import DecodeStats
 from specbench.decoding.tree_rules import TreeRule, as_tree_rule
 from specbench.device import synchronize
-from specbench.models.codec_lm import CodecLM
+from specbench.targets.base import Context, TargetModel
 
 
 @torch.inference_mode()
 def generate(
-    target: CodecLM,
-    text_ids: torch.Tensor,
-    prompt: torch.Tensor,
+    target: TargetModel,
+    ctx: Context,
     sampling: Sampling,
     max_tokens: int,
     generator: torch.Generator,
@@ -35,7 +34,7 @@ def generate(
     rule: TreeRule | ChainRule | None = None,
     profile: bool = False,
 ) -> tuple[torch.Tensor, DecodeStats]:
-    """Decode speech tokens after ``[text][SEP][prompt]`` until EOS or ``max_tokens``.
+    """Decode speech tokens after the context (text + speaker prompt) until EOS or ``max_tokens``.
 
     Returns the generated tokens (EOS excluded, on CPU) and their :class:`DecodeStats`; a round counts
     when it emits at least one speech token (the prefill's first token is round 1), so the baseline's
@@ -45,8 +44,7 @@ def generate(
     """
     if (proposer is None) != (rule is None):
         raise ValueError("a proposer needs an acceptance rule (and the baseline neither)")
-    device = target.head.weight.device
-    text_ids, prompt = text_ids.to(device), prompt.to(device)
+    device = target.device
     stats = DecodeStats()
     depth = nodes = 0
     if proposer is not None:
@@ -58,11 +56,11 @@ def generate(
         offsets = shape.position_offsets(device)
     synchronize(device)
     t0 = time.perf_counter()
-    capacity = text_ids.numel() + prompt.numel() + max_tokens + nodes + 2
-    logits, hidden, cache = target.prefill(text_ids, prompt, capacity=capacity)
+    capacity = max_tokens + nodes + 1  # slots after the context: every emitted token plus one round's nodes
+    logits, hidden, cache = target.prefill(ctx, capacity=capacity)
     synchronize(device)
     t1 = time.perf_counter()
-    eos = target.cfg.eos
+    eos = target.eos
     out: list[int] = []
     last = next_token(logits, sampling, generator)
     if last == eos:
@@ -71,13 +69,13 @@ def generate(
         out.append(last)
         stats.rounds = 1
         if proposer is not None:
-            proposer.begin(text_ids, prompt, last, capacity)
+            proposer.begin(ctx, last, capacity)
     step = torch.empty(1, dtype=torch.long, device=device)
     while not stats.hit_eos and len(out) < max_tokens:
         if proposer is None:
             step.fill_(last)
             ta = _tick(profile, device)
-            logits, _ = target(step, cache)
+            logits, _ = target.step(step, cache)
             stats.target_seconds += _tick(profile, device) - ta
             stats.target_calls += 1
             emitted = [next_token(logits[-1], sampling, generator)]
@@ -87,9 +85,9 @@ def generate(
             tb = _tick(profile, device)
             base = cache.length
             if mask is None:
-                logits, hid = target(prop.tokens, cache)
+                logits, hid = target.step(prop.tokens, cache)
             else:
-                logits, hid = target(prop.tokens, cache, positions=cache.speech_len + offsets, tree_mask=mask)
+                logits, hid = target.step(prop.tokens, cache, depths=offsets, tree_mask=mask)
             stats.target_seconds += _tick(profile, device) - tb
             stats.draft_seconds += tb - ta
             stats.target_calls += 1
@@ -137,7 +135,7 @@ def _tick(profile: bool, device: torch.device) -> float:
 
 
 @torch.inference_mode()
-def teacher_forced_tokens(target: CodecLM, text_ids: torch.Tensor, prompt: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def teacher_forced_tokens(target: TargetModel, ctx: Context, codes: torch.Tensor) -> torch.Tensor:
     """The target's argmax at every step of ``codes`` given the TRUE history (teacher forcing).
 
     ``x̂_t = argmax_{v < speech_vocab} p(v | text, prompt, codes_{<t})`` for ``t = 0..len(codes)-1``, in one
@@ -146,8 +144,5 @@ def teacher_forced_tokens(target: CodecLM, text_ids: torch.Tensor, prompt: torch
     bound for free-running greedy decoding, which separates "the model predicts badly" from "its own
     mistakes derail it" (the gap between this row and ``baseline``). Returns tokens on CPU.
     """
-    device = target.head.weight.device
-    ids, pos = target.embed_sequence(text_ids.to(device), torch.cat([prompt.to(device), codes.to(device)]))
-    logits, _ = target.forward_train(ids[None], pos[None])
-    start = text_ids.numel() + prompt.numel()  # the last prompt token (or SEP) predicts codes[0]
-    return logits[0, start : start + codes.numel(), : target.cfg.speech_vocab].argmax(-1).cpu()
+    logits, _ = target.score(ctx, codes)
+    return logits[: codes.numel(), : target.speech_vocab].argmax(-1).cpu()

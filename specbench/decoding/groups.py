@@ -32,7 +32,7 @@ from specbench.decoding.sampling import sample
 from specbench.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
-    from specbench.models.codec_lm import CodecLM
+    from specbench.targets.base import TargetModel
 
 KIND = "groups"
 FORMAT_VERSION = 1
@@ -435,27 +435,26 @@ def build_groups(
     )
 
 
-def model_table(model: CodecLM, source: Literal["input", "output"] = "input") -> torch.Tensor:
+def model_table(model: TargetModel, source: Literal["input", "output"] = "input") -> torch.Tensor:
     """The ``[speech_vocab + 1, d]`` table whose row t describes output token t (speech tokens, EOS).
 
-    ``input``: the input-embedding rows ``tok_emb.weight[speech_offset + t]``; ``output``: the rows of
-    the output head's weight (one per output class).
+    ``input``: the target's input-embedding rows of the speech tokens (``speech_embeddings()``);
+    ``output``: the rows of its LM head restricted to speech space (one per output class). Any target
+    backend works (65,536-row tables of an HF model included); rows are read in fp32.
     """
-    cfg = model.cfg
-    v = cfg.speech_vocab + 1
     if source == "input":
-        return model.tok_emb.weight.detach()[cfg.speech_offset : cfg.speech_offset + v]
+        return model.speech_embeddings().detach().float()
     if source == "output":
-        return model.head.weight.detach()[:v]
+        return model.output_head()[0].detach().float()
     raise ConfigError(f"unknown group source '{source}': use input or output")
 
 
 def groups_from_model(
-    model: CodecLM,
+    model: TargetModel,
     theta: float,
     source: Literal["input", "output"] = "input",
     weighting: Literal["uniform", "cosine"] = "uniform",
     chunk: int | None = None,
 ) -> Groups:
     """Groups over a codec LM's output space (speech tokens 0..speech_vocab-1 and EOS, which is special)."""
-    return build_groups(model_table(model, source), theta, special=[model.cfg.eos], weighting=weighting, chunk=chunk, source=source)
+    return build_groups(model_table(model, source), theta, special=[model.eos], weighting=weighting, chunk=chunk, source=source)

@@ -1,6 +1,6 @@
 """Proposers: what drafts candidate tokens for the target to verify.
 
-Contract: ``begin(text_ids, prompt, first_token, capacity)`` once per utterance after the target's
+Contract: ``begin(ctx, first_token, capacity)`` once per utterance after the target's
 prefill emitted ``first_token``; then per round ``propose(root, hidden, sampling, generator) ->
 Proposal`` where ``root`` is the token emitted last (not yet in the target cache) and ``hidden`` the
 target's last hidden state that produced it; after verification ``commit(path, token)`` so the
@@ -17,7 +17,7 @@ import torch
 
 from specbench.decoding.sampling import Sampling, sample, warp
 from specbench.decoding.tree import Proposal, TreeShape, chain_shape
-from specbench.models.codec_lm import CodecLM, KVCache
+from specbench.targets.base import Context, TargetCache, TargetModel
 
 if TYPE_CHECKING:
     from specbench.models.heads import DraftHeads
@@ -30,7 +30,7 @@ class Proposer(Protocol):
     sampled: bool
     calls: int
 
-    def begin(self, text_ids: torch.Tensor, prompt: torch.Tensor, first_token: int, capacity: int) -> None: ...
+    def begin(self, ctx: Context, first_token: int, capacity: int) -> None: ...
 
     def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal: ...
 
@@ -38,7 +38,7 @@ class Proposer(Protocol):
 
 
 class DraftChainProposer:
-    """A separate (smaller) codec LM drafting γ tokens autoregressively, with its own KV cache.
+    """A separate (smaller) codec LM of the same speech space drafting γ tokens autoregressively, with its own KV cache.
 
     After a round its cache holds everything up to the last token it has consumed; tokens it has not
     consumed yet (the emitted token, and the last draft when all γ were accepted) wait in ``pending``
@@ -47,21 +47,21 @@ class DraftChainProposer:
 
     sampled = True
 
-    def __init__(self, draft: CodecLM, gamma: int = 3) -> None:
+    def __init__(self, draft: TargetModel, gamma: int = 3) -> None:
         if gamma < 1:
             raise ValueError("gamma must be >= 1")
         self.draft = draft
         self.gamma = gamma
         self.shape = chain_shape(gamma)
-        self.cache: KVCache | None = None
+        self.cache: TargetCache | None = None
         self.pending: list[int] = []
         self._drafts: list[int] = []
         self._base = 0
         self.calls = 0
 
-    def begin(self, text_ids: torch.Tensor, prompt: torch.Tensor, first_token: int, capacity: int) -> None:
+    def begin(self, ctx: Context, first_token: int, capacity: int) -> None:
         """Prefill the draft on the same context as the target."""
-        _, _, self.cache = self.draft.prefill(text_ids, prompt, capacity)
+        _, _, self.cache = self.draft.prefill(ctx, capacity)
         self.pending = [first_token]
         self.calls = 0
 
@@ -75,13 +75,13 @@ class DraftChainProposer:
     def draft_chain(self, gamma: int, sampling: Sampling, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft ``gamma`` tokens x_i ~ q_i (argmax when greedy); returns them and q ``[γ, V]``."""
         assert self.cache is not None, "begin() must run before propose()"
-        device = self.draft.head.weight.device
+        device = self.draft.device
         self._base = self.cache.length
         feed = torch.tensor(self.pending, dtype=torch.long, device=device)
         self._fed_pending = len(self.pending)
         qs, drafts = [], []
         for i in range(gamma):
-            logits, _ = self.draft(feed, self.cache)
+            logits, _ = self.draft.step(feed, self.cache)
             self.calls += 1
             q = warp(logits[-1], sampling)
             tok = int(q.argmax()) if sampling.greedy else int(sample(q, generator))
@@ -114,7 +114,7 @@ class HeadsProposer:
     Stateless between rounds: the heads need no cache.
     """
 
-    def __init__(self, heads: DraftHeads, target: CodecLM, shape: TreeShape, candidates: str = "topk") -> None:
+    def __init__(self, heads: DraftHeads, target: TargetModel, shape: TreeShape, candidates: str = "topk") -> None:
         if shape.max_depth > heads.cfg.n_heads:
             raise ValueError(f"tree {shape.name} is {shape.max_depth} deep but the heads checkpoint has {heads.cfg.n_heads} heads")
         if candidates not in ("topk", "sample"):
@@ -122,7 +122,11 @@ class HeadsProposer:
         self.heads, self.target, self.shape, self.candidates = heads, target, shape, candidates
         self.sampled = candidates == "sample"
         self.calls = 0
-        dev = target.head.weight.device
+        dev = target.device
+        param = next(heads.parameters())
+        self._dtype = param.dtype
+        # the target's speech-token embedding rows (speech space), read by autoregressive heads
+        self._emb = target.speech_embeddings().detach().to(param.dtype) if heads.cfg.autoregressive else None
         # nodes grouped by depth, with their parents and ranks, precomputed once per shape
         self._levels = [
             (torch.tensor([i for i in range(1, len(shape.nodes)) if shape.depth[i] == d], device=dev), d, shape.max_rank(d))
@@ -131,13 +135,13 @@ class HeadsProposer:
         self._parents = torch.tensor(shape.parents, device=dev)
         self._ranks = torch.tensor(shape.ranks, device=dev)
 
-    def begin(self, text_ids: torch.Tensor, prompt: torch.Tensor, first_token: int, capacity: int) -> None:
+    def begin(self, ctx: Context, first_token: int, capacity: int) -> None:
         self.calls = 0
 
     def _prev_emb(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        if not self.heads.cfg.autoregressive:
+        if self._emb is None:
             return None
-        return self.target.tok_emb.weight[tokens + self.target.cfg.speech_offset]
+        return self._emb[tokens]
 
     def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
         """Candidates for every node of the shape (root first)."""
@@ -145,7 +149,7 @@ class HeadsProposer:
         n = len(self.shape.nodes)
         tokens = torch.empty(n, dtype=torch.long, device=dev)
         tokens[0] = root
-        h = hidden.reshape(1, -1)
+        h = hidden.reshape(1, -1).to(self._dtype)  # an HF target may run in bf16, the heads in fp32
         if self.sampled:
             return self._propose_sampled(tokens, h, sampling, generator)
         if not self.heads.cfg.autoregressive:

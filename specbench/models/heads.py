@@ -32,7 +32,7 @@ from torch import nn
 from specbench.assets import resolve_path
 from specbench.errors import ModelError
 from specbench.models.checkpoint import load_checkpoint, save_atomic
-from specbench.models.codec_lm import CodecLM
+from specbench.targets.base import TargetModel
 
 KIND = "heads"
 
@@ -85,14 +85,19 @@ class DraftHeads(nn.Module):
         self.heads = nn.ModuleList(DraftHead(cfg) for _ in range(cfg.n_heads))
 
     @classmethod
-    def from_target(cls, target: CodecLM, n_heads: int = 4, n_layers: int = 1, autoregressive: bool = False) -> DraftHeads:
-        """Heads sized for ``target`` whose projections are copies of its LM head (logits equal at init)."""
-        cfg = HeadsConfig(d_model=target.cfg.d_model, vocab=target.cfg.speech_vocab + 1, n_heads=n_heads, n_layers=n_layers, autoregressive=autoregressive)
-        heads = cls(cfg).to(target.head.weight.device)
+    def from_target(cls, target: TargetModel, n_heads: int = 4, n_layers: int = 1, autoregressive: bool = False) -> DraftHeads:
+        """Heads sized for ``target`` whose projections are copies of its LM head restricted to speech
+        space (logits equal at init; a head without bias gets a zero bias). The heads are fp32."""
+        cfg = HeadsConfig(d_model=target.hidden_size, vocab=target.speech_vocab + 1, n_heads=n_heads, n_layers=n_layers, autoregressive=autoregressive)
+        heads = cls(cfg).to(target.device)
+        weight, bias = target.output_head()
         with torch.no_grad():
             for head in heads.heads:
-                head.proj.weight.copy_(target.head.weight)
-                head.proj.bias.copy_(target.head.bias)
+                head.proj.weight.copy_(weight)
+                if bias is None:
+                    head.proj.bias.zero_()
+                else:
+                    head.proj.bias.copy_(bias)
         return heads
 
     def _check(self, k: int, prev_emb: torch.Tensor | None) -> None:
@@ -124,12 +129,12 @@ class DraftHeads(nn.Module):
         return torch.stack(out)
 
 
-def check_compatible(heads: DraftHeads, target: CodecLM, where: str = "heads") -> None:
+def check_compatible(heads: DraftHeads, target: TargetModel, where: str = "heads") -> None:
     """ModelError unless ``heads`` can read ``target``'s hidden states and share its vocabulary."""
-    if heads.cfg.d_model != target.cfg.d_model or heads.cfg.vocab != target.cfg.speech_vocab + 1:
+    if heads.cfg.d_model != target.hidden_size or heads.cfg.vocab != target.speech_vocab + 1:
         raise ModelError(
-            f"{where} (d_model {heads.cfg.d_model}, vocab {heads.cfg.vocab}) do not fit a target with d_model {target.cfg.d_model} and "
-            f"vocab {target.cfg.speech_vocab + 1}: use the heads trained for this target (`specbench train heads`)"
+            f"{where} (d_model {heads.cfg.d_model}, vocab {heads.cfg.vocab}) do not fit a target with d_model {target.hidden_size} and "
+            f"vocab {target.speech_vocab + 1}: use the heads trained for this target (`specbench train heads`)"
         )
 
 

@@ -43,6 +43,7 @@ from specbench.models.codec_lm import CodecLM, count_parameters
 from specbench.models.heads import KIND, DraftHeads, heads_payload, save_heads
 from specbench.models.lm_io import export_model, load_lm
 from specbench.models.train import IGNORE, TRIM_EVERY, Example, batches, build_sequence, check_run_dir, collate, load_examples, lr_at, pick_prompt
+from specbench.targets.builtin import BuiltinTarget
 
 
 def shift_labels(labels: torch.Tensor, s: int) -> torch.Tensor:
@@ -174,7 +175,7 @@ def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print)
         raise ModelError(f"target {tc.target} was trained on codec {tck['codec_id']}, not {codec.id}: set codec.path to that codec")
     cfg = target.cfg
     joint = tc.mode == "joint"
-    heads = DraftHeads.from_target(target, tc.n_heads, tc.head_layers, tc.autoregressive).to(device)
+    heads = DraftHeads.from_target(BuiltinTarget(target, tc.target, tck), tc.n_heads, tc.head_layers, tc.autoregressive).to(device)
     if joint:
         target.train()
     else:

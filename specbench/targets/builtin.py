@@ -1,0 +1,109 @@
+"""Backend ``builtin``: specbench's own :class:`~specbench.models.codec_lm.CodecLM` behind the
+:class:`~specbench.targets.base.TargetModel` contract.
+
+The built-in model reads espeak-ng phonemes (``Context.phonemes``), ignores the prompt transcript, and
+its output head already covers speech space (codec tokens + EOS), so the adapter is a thin veneer: it
+converts node depths into the model's speech positions and keeps the model's preallocated cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from specbench.codec.base import SpeechCodec
+from specbench.errors import ModelError
+from specbench.models.codec_lm import CodecLM, KVCache, count_parameters
+from specbench.targets.base import Context
+from specbench.text import encode_phonemes
+
+
+def phoneme_ids(ctx: Context) -> torch.Tensor:
+    """The built-in model's text input: phoneme ids of ``ctx.phonemes``."""
+    return torch.tensor(encode_phonemes(ctx.phonemes), dtype=torch.long)
+
+
+class BuiltinTarget:
+    """A loaded ``codec-lm`` checkpoint as a TargetModel (``model`` is the CodecLM, ``checkpoint`` its payload)."""
+
+    backend = "builtin"
+
+    def __init__(self, model: CodecLM, spec: str, checkpoint: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.spec = str(spec)
+        self.checkpoint = checkpoint or {}
+        self.id = self.spec
+        self.speech_vocab = model.cfg.speech_vocab
+        self.hidden_size = model.cfg.d_model
+        self._device = model.head.weight.device
+
+    @property
+    def eos(self) -> int:
+        return self.model.cfg.eos
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+        """``[phonemes][SEP][prompt tokens]`` into a fresh cache preallocated for ``capacity`` more tokens."""
+        text, prompt = phoneme_ids(ctx).to(self._device), ctx.prompt_tokens.to(self._device)
+        return self.model.prefill(text, prompt, capacity=text.numel() + 1 + prompt.numel() + capacity)
+
+    def step(
+        self, tokens: torch.Tensor, cache: KVCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech position of node i = cached speech tokens + depth[i] (consecutive without ``depths``)."""
+        positions = None if depths is None else cache.speech_len + depths
+        return self.model(tokens, cache, positions=positions, tree_mask=tree_mask)
+
+    def score(self, ctx: Context, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass over ``[text][SEP][prompt][codes]``; rows from the last prompt slot on."""
+        text = phoneme_ids(ctx).to(self._device)
+        prompt = ctx.prompt_tokens.to(self._device)
+        ids, pos = self.model.embed_sequence(text, torch.cat([prompt, codes.to(self._device)]))
+        logits, hidden = self.model.forward_train(ids[None], pos[None])
+        start = text.numel() + prompt.numel()  # the last prompt token (or SEP) predicts codes[0]
+        return logits[0, start:], hidden[0, start:]
+
+    def speech_embeddings(self) -> torch.Tensor:
+        cfg = self.model.cfg
+        return self.model.tok_emb.weight[cfg.speech_offset : cfg.speech_offset + cfg.speech_vocab + 1]
+
+    def output_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.model.head.weight, self.model.head.bias
+
+    def check_codec(self, codec: SpeechCodec) -> None:
+        ck = self.checkpoint
+        if ck.get("codec_id") and ck["codec_id"] != codec.id:
+            raise ModelError(
+                f"model {self.spec} was trained on codec {ck['codec_id']} but the recipe loads {codec.id}: "
+                "point codec.path at the codec the model was trained with"
+            )
+        if self.speech_vocab != codec.vocab_size:
+            raise ModelError(f"model {self.spec} has vocabulary {self.speech_vocab} but codec {codec.id} has {codec.vocab_size}: use matching files")
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.backend, "checkpoint": self.spec, "parameters": count_parameters(self.model), "dtype": str(self.model.head.weight.dtype)}
+
+
+def load_builtin(spec: str, device: torch.device | str = "cpu") -> BuiltinTarget:
+    """A ``codec-lm`` checkpoint (``builtin:NAME`` or a path) as a TargetModel."""
+    from specbench.models.lm_io import load_lm
+
+    model, ckpt = load_lm(spec, device)
+    return BuiltinTarget(model, spec, ckpt)
+
+
+def as_target(model: CodecLM | BuiltinTarget, spec: str = "in-memory") -> BuiltinTarget:
+    """A bare CodecLM (tests, training scripts) as a TargetModel; a TargetModel is returned unchanged."""
+    return model if isinstance(model, BuiltinTarget) else BuiltinTarget(model, spec)
+
+
+def context_from_ids(text_ids: torch.Tensor, prompt: torch.Tensor) -> Context:
+    """A Context whose phonemes encode to ``text_ids`` (phoneme ids, as the built-in model reads them)."""
+    from specbench.text import decode_phonemes
+
+    phon = decode_phonemes([int(i) for i in text_ids])
+    return Context(text=phon, phonemes=phon, prompt_tokens=prompt)
