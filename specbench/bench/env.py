@@ -27,6 +27,12 @@ PACKAGES = (
     "whisper-normalizer",
     "encodec",
     "speechbrain",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "xcodec2",
+    "snac",
+    "descript-audio-codec",
 )
 
 
@@ -72,8 +78,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def capture_env(device: torch.device, seed: int) -> dict[str, Any]:
-    """Everything needed to say where and how a result was produced."""
+def capture_env(device: torch.device, seed: int, models: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to say where and how a result was produced (``models``: what the target and
+    drafts are, from ``TargetModel.describe()``)."""
     cuda = torch.version.cuda if torch.cuda.is_available() else None
     return {
         "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -90,4 +97,5 @@ def capture_env(device: torch.device, seed: int) -> dict[str, Any]:
         "espeak_ng": espeak_version(),
         "seed": seed,
         "packages": package_versions(),
+        "models": models or {},
     }

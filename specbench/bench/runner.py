@@ -205,6 +205,16 @@ def load_models(cfg: RunConfig) -> Models:
     return Models(codec, target, device, res)
 
 
+def describe_models(m: Models) -> dict[str, Any]:
+    """Provenance of the loaded models: target and drafts (``describe()``), codec id, heads specs."""
+    return {
+        "target": {"id": m.target.id, **m.target.describe()},
+        "drafts": {spec: {"id": d.id, **d.describe()} for spec, d in m.resources.drafts.items()},
+        "heads": sorted(m.resources.heads),
+        "codec": m.codec.id,
+    }
+
+
 def decode_one(m: Models, d: DecoderConfig, ctx: Context, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
     """Run decoder ``d`` on one utterance with a fresh generator seeded by ``seed`` (``profile``: see generate)."""
     gen = torch.Generator(device=m.device).manual_seed(seed)
@@ -280,7 +290,7 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
         log(f"generation: all {len(items) * len(cfg.decoders) * cfg.repeats} rows already in {out / 'records.jsonl'}")
         return 0
     m = load_models(cfg)
-    write_env(out, capture_env(m.device, cfg.seed))
+    write_env(out, capture_env(m.device, cfg.seed, describe_models(m)))
     prompts = PromptCache(manifest, m.codec, cfg.corpus.prompt_seconds, out)
     sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
     common = {"codec_id": m.codec.id, "model": m.target.id, "device": str(m.device), "sampling": cfg.sampling.model_dump()}
@@ -433,10 +443,12 @@ def score_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
             progress.update(task, description=f"scoring {part[0]['decoder']} {part[0]['utt_id']}")
-            audio = [read_audio(resolve_audio(out, r["audio"])) for r in part]
-            hyps = _transcribe_chunk(asr, audio)
-            for r, (wav, sr), hyp in zip(part, audio, hyps, strict=True):
-                _score_row(r, wav, sr, hyp, cfg, ids, scorer, spk, prompt_emb, prompt_spk, score_path)
+            # a decoder that emitted no token (EOS first) wrote an empty clip: nothing to transcribe or embed
+            audio = [read_audio(resolve_audio(out, r["audio"])) if r.get("audio_seconds") != 0 else None for r in part]
+            hyps = iter(_transcribe_chunk(asr, [a for a in audio if a is not None]))
+            for r, clip in zip(part, audio, strict=True):
+                wav, sr = clip if clip is not None else (None, 0)
+                _score_row(r, wav, sr, next(hyps) if clip is not None else "", cfg, ids, scorer, spk, prompt_emb, prompt_spk, score_path)
                 added += 1
                 progress.advance(task)
     log(f"scoring: {added} new rows in {score_path}")
@@ -455,7 +467,7 @@ def _transcribe_chunk(asr: Any, audio: list[tuple[np.ndarray, int]]) -> list[str
 
 def _score_row(
     r: dict[str, Any],
-    wav: np.ndarray,
+    wav: np.ndarray | None,
     sr: int,
     hyp: str,
     cfg: RunConfig,
@@ -471,8 +483,8 @@ def _score_row(
     from specbench.scoring.wer import utterance_wer
 
     w = utterance_wer(r["text"], hyp, cfg.scoring.normalizer)
-    emb = spk.embed(wav, sr)
-    others = [cosine(emb, e) for p, e in prompt_emb.items() if prompt_spk[p] != r["speaker"]]
+    emb = spk.embed(wav, sr) if wav is not None else None  # an empty clip: WER 1 (all deletions), no SIM
+    others = [cosine(emb, e) for p, e in prompt_emb.items() if prompt_spk[p] != r["speaker"]] if emb is not None else []
     row = {
         "key": record_key(r["decoder"], r["utt_id"], r["repeat"]),
         "scorer": scorer,
@@ -484,7 +496,7 @@ def _score_row(
         "ref_chars": w["ref_chars"],
         "char_edits": w["char_edits"],
         "hyp": hyp,
-        "sim": cosine(emb, prompt_emb[r["prompt_audio"]]),
+        "sim": cosine(emb, prompt_emb[r["prompt_audio"]]) if emb is not None else None,
         "sim_other": float(np.mean(others)) if (others and cfg.scoring.cross_speaker) else None,
     }
     append_jsonl(score_path, row)

@@ -38,7 +38,8 @@ Item = tuple[Context, torch.Tensor]  # (context, codes)
 
 
 def manifest_items(path: str, codec: Any, prompt_frames: int, frame: int, seed: int) -> list[Item]:
-    """(context, codes) per utterance of a manifest: prompt = another same-speaker utterance's first tokens."""
+    """(context, codes) per utterance of a manifest: prompt = another same-speaker utterance's first tokens
+    (none when the speaker has one utterance)."""
     manifest = load_manifest(path)
     codes = tokenize_manifest(manifest, codec)
     by_spk: dict[str, list[Any]] = defaultdict(list)
@@ -50,14 +51,17 @@ def manifest_items(path: str, codec: Any, prompt_frames: int, frame: int, seed: 
     for u in manifest.utterances:
         others = [o for o in by_spk[u.speaker] if o.utt_id != u.utt_id]
         c = torch.from_numpy(codes[u.utt_id].astype("int64"))
-        if not others or c.numel() < 2:
+        if c.numel() < 2:
+            continue
+        if not others:  # a speaker with one utterance: no prompt (as the built-in trainer does)
+            items.append((Context(text=u.text, phonemes=u.phonemes, prompt_tokens=torch.zeros(0, dtype=torch.long), prompt_text=""), c))
             continue
         p = rng.choice(others)
         prompt = torch.from_numpy(codes[p.utt_id][:n].astype("int64"))
         prompt = prompt[: prompt.numel() - prompt.numel() % frame]
         items.append((Context(text=u.text, phonemes=u.phonemes, prompt_tokens=prompt, prompt_text=p.text), c))
     if not items:
-        raise DataError(f"no usable utterances in {path}: heads training needs speakers with at least two utterances")
+        raise DataError(f"no usable utterances in {path} (empty audio?): check the manifest")
     return items
 
 

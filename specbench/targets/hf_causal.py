@@ -161,7 +161,7 @@ class HFCausalTarget:
     def context_ids(self, ctx: Context) -> torch.Tensor:
         """The family's prompt for ``ctx`` as model token ids ``[L]`` (speech tokens inserted as ids)."""
         fam = self.family
-        if "{prompt_text}" in (fam.layout or (fam.user or "") + (fam.assistant or "")) and not ctx.prompt_text:
+        if "{prompt_text}" in (fam.layout or (fam.user or "") + (fam.assistant or "")) and ctx.prompt_text is None and ctx.prompt_tokens.numel():
             raise ConfigError(
                 f"family {fam.name} clones a voice from the prompt's transcript, but the prompt of this utterance has none: "
                 "give manifest rows prompt_utt_id (an utterance of the same manifest) or extra.prompt_text"
