@@ -129,3 +129,24 @@ def test_hf_run_errors_are_one_line(tiny_assets, hf_setup, tmp_path: Path) -> No
     res = _invoke("run", str(p))
     assert res.exit_code == 2 and "decoded by the snac codec" in res.output
     torch.set_num_threads(1)
+
+
+def test_bench_times_transformers_generate_as_the_peer_baseline(tiny_assets, hf_setup, tmp_path: Path) -> None:
+    recipe = tiny_recipe(
+        tiny_assets,
+        tmp_path / "bench",
+        model=hf_setup["model"],
+        sampling={"temperature": 0.0, "max_tokens": 16},
+        decoders=[{"name": "baseline"}, {"name": "sd", "preset": "sd", "draft": str(hf_setup["draft"])}],
+        scoring={"enabled": False},
+    )
+    rpath = tmp_path / "bench.yaml"
+    rpath.write_text(yaml.safe_dump(recipe))
+    md = tmp_path / "bench.md"
+    res = _invoke("bench", str(rpath), "--out", str(md))
+    assert res.exit_code == 0, res.output
+    text = md.read_text()
+    assert "transformers generate()" in text and "greedy_tokens_match" in text
+    row = [line for line in text.splitlines() if line.startswith("| transformers generate()")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[3]) > 0 and cells[4] == "True"  # ratio, and greedy outputs agree

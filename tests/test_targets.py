@@ -187,7 +187,8 @@ def test_groups_from_embedding_rows(target) -> None:
 
 # ---- peer cross-check with transformers -----------------------------------------------------------
 def _hf_generate(t: HFCausalTarget, ctx: Context, n: int, assistant=None) -> list[int]:
-    """transformers' greedy generate() (optionally assisted) restricted to speech tokens + EOS, mapped to speech space."""
+    """transformers' greedy generate() (optionally assisted), written independently of reference_generate:
+    non-speech ids suppressed through transformers' own suppress_tokens, mapped back to speech space."""
     ids = t.context_ids(ctx)[None]
     allowed = set(t.out_ids.tolist())
     suppress = [i for i in range(t.model.config.vocab_size) if i not in allowed]
@@ -199,6 +200,16 @@ def _hf_generate(t: HFCausalTarget, ctx: Context, n: int, assistant=None) -> lis
     out = t.model.generate(ids, max_new_tokens=n, do_sample=False, suppress_tokens=suppress, eos_token_id=t.eos_id, pad_token_id=t.eos_id, **kw)
     inverse = {v: i for i, v in enumerate(t.out_ids.tolist())}
     return [inverse[int(x)] for x in out[0, ids.shape[1] :] if int(x) != t.eos_id]
+
+
+def test_reference_generate_is_transformers_generate(hf_dirs, mini_family) -> None:
+    t = _hf(hf_dirs, mini_family, "llama")
+    draft = _hf(hf_dirs, mini_family, "llama-draft")
+    ours, _ = generate(t, CTX, Sampling(), 30, torch.Generator())
+    assert t.reference_generate(CTX, 30, Sampling()).tolist() == _hf_generate(t, CTX, 30) == ours.tolist()
+    assert t.reference_generate(CTX, 30, Sampling(), assistant=draft).tolist() == ours.tolist()
+    sampled = t.reference_generate(CTX, 30, Sampling(temperature=1.0, top_k=5), seed=3)
+    assert sampled.numel() <= 30 and all(0 <= x < t.speech_vocab for x in sampled.tolist())
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

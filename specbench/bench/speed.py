@@ -7,6 +7,12 @@ the report also gives the draft cost ratio c = (draft seconds / draft call) ÷ (
 call of the baseline) and the loop's own overhead = 1 − (target + draft seconds) / loop seconds.
 A second table times one target forward over n new tokens (the verify step) relative to n = 1, and
 one forward over every tree a heads-tree decoder uses (root + nodes, tree mask).
+
+Peer baseline: when the target has a reference implementation (``reference_generate``: an hf-causal
+target's own transformers ``generate()``), it decodes the same utterances with the same budget and
+sampling, interleaved with the decoders, and a third table gives specbench-baseline tokens/s ÷
+transformers tokens/s (and whether the greedy tokens agree), so no speedup is measured against a slow
+home-made baseline.
 """
 
 from __future__ import annotations
@@ -76,13 +82,25 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
     s = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
     for d in cfg.decoders:  # warm-up, discarded
         decode_one(m, d, prompts.context(items[0]), s, 40, 0)
-    rows = []
+    peer = getattr(m.target, "reference_generate", None)
+    if peer is not None:  # warm-up of the peer, discarded
+        peer(prompts.context(items[0]), 8, s)
+    rows, peer_rows = [], []
     for rep in range(cfg.repeats):
         for i, u in enumerate(items):
             ctx, budget = prompts.context(u), token_budget(cfg, text_length(u), m.codec.frame_rate)
             for d in cfg.decoders:
-                _, st = decode_one(m, d, ctx, s, budget, cfg.seed + 1000 * rep + i, profile=True)
+                toks, st = decode_one(m, d, ctx, s, budget, cfg.seed + 1000 * rep + i, profile=True)
                 rows.append({"decoder": d.name, "utt": u.utt_id, "rep": rep, **st.to_row()})
+                if d.name == cfg.decoders[0].name:
+                    base_tokens = toks.tolist()
+            if peer is not None:
+                synchronize(m.device)
+                t0 = time.perf_counter()
+                ptoks = peer(ctx, budget, s, seed=cfg.seed + 1000 * rep + i)
+                synchronize(m.device)
+                seconds = time.perf_counter() - t0
+                peer_rows.append({"utt": u.utt_id, "tokens": ptoks.numel(), "seconds": seconds, "same_tokens": ptoks.tolist() == base_tokens})
     df = pd.DataFrame(rows)
     per = df.groupby(["decoder", "utt"], sort=False).median(numeric_only=True).reset_index()
     base = cfg.decoders[0].name
@@ -112,8 +130,27 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
     vc = verify_cost(m, prompts.context(items[0]), trees=trees)
     one = vc["1"][1]
     verify = pd.DataFrame([{"forward": label, "tokens": n, "ms": 1000 * t, "cost_vs_1": t / one} for label, (n, t) in vc.items()])
+    peer_table = None
+    if peer_rows:
+        p = pd.DataFrame(peer_rows)
+        base_rows = df[df["decoder"] == base]
+        base_tps = base_rows["tokens"].sum() / (base_rows["prefill_seconds"].sum() + base_rows["loop_seconds"].sum())
+        peer_tps = p["tokens"].sum() / p["seconds"].sum()
+        peer_table = pd.DataFrame(
+            [
+                {
+                    "peer": "transformers generate()",
+                    "peer_tokens_per_s": peer_tps,
+                    f"{base}_tokens_per_s": base_tps,
+                    "ratio": base_tps / peer_tps,
+                    "greedy_tokens_match": bool(p["same_tokens"].all()) if s.greedy else None,
+                }
+            ]
+        )
     _print(console, summary, "decoders (ratios vs " + base + ")")
     _print(console, verify, "one target forward over n new tokens")
+    if peer_table is not None:
+        _print(console, peer_table, f"{base} vs the model's own transformers generate() (same prompts, budget, sampling)")
     if out_md:
         dev = str(m.device) if m.device.type == "cpu" else torch.cuda.get_device_name(m.device)
         text = (
@@ -122,6 +159,7 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
             + "\n\n"
             + verify.to_markdown(index=False, floatfmt=".3f")
             + "\n"
+            + ("\n" + peer_table.to_markdown(index=False, floatfmt=".3f") + "\n" if peer_table is not None else "")
         )
         write_text_atomic(out_md, text)
     return summary

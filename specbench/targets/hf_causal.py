@@ -273,6 +273,47 @@ class HFCausalTarget:
             "parameters": sum(p.numel() for p in self.model.parameters()),
         }
 
+    # ---- the peer implementation ------------------------------------------------------------------
+    def reference_generate(self, ctx: Context, max_new_tokens: int, sampling: Any, seed: int = 0, assistant: HFCausalTarget | None = None) -> torch.Tensor:
+        """transformers' own ``generate()`` on the same prompt (the fair baseline and the cross-check).
+
+        Logits are restricted to speech tokens + EOS (every other id gets -inf), exactly the space the
+        loop decodes in, so greedy outputs must agree token for token; ``assistant`` runs transformers'
+        assisted generation with that draft (3 tokens per round, constant schedule). Returns the speech
+        tokens (speech space, EOS excluded, on CPU).
+        """
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        allowed = torch.zeros(self.config.vocab_size, dtype=torch.bool, device=self.device)
+        allowed[self.out_ids] = True
+
+        class SpeechOnly(LogitsProcessor):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                return scores.masked_fill(~allowed[: scores.shape[-1]], float("-inf"))
+
+        ids = self.context_ids(ctx)[None]
+        kw: dict[str, Any] = {"do_sample": not sampling.greedy}
+        if not sampling.greedy:
+            kw.update(temperature=sampling.temperature, top_k=sampling.top_k or None, top_p=sampling.top_p)
+            torch.manual_seed(seed)
+        if assistant is not None:
+            assistant.model.generation_config.num_assistant_tokens = 3
+            assistant.model.generation_config.num_assistant_tokens_schedule = "constant"
+            kw["assistant_model"] = assistant.model
+        out = self.model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            logits_processor=LogitsProcessorList([SpeechOnly()]),
+            eos_token_id=self.eos_id,
+            pad_token_id=self.eos_id,
+            attention_mask=torch.ones_like(ids),
+            **kw,
+        )[0, ids.shape[1] :]
+        inverse = torch.full((self.config.vocab_size,), -1, dtype=torch.long, device=out.device)
+        inverse[self.out_ids] = torch.arange(self.speech_vocab + 1, device=out.device)
+        speech = inverse[out]
+        return speech[speech < self.speech_vocab].cpu()
+
     # ---- drafts ----------------------------------------------------------------------------------
     def layer_subset(self, spec: str) -> HFCausalTarget:
         """``layers:N``: a draft made of the first N decoder layers (plus embeddings, final norm and head),
