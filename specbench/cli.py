@@ -433,17 +433,25 @@ def make_tiny_model_cmd(
     arch: Annotated[str, typer.Option(help="Architecture of the random models: llama or qwen2.")] = "llama",
     layers: Annotated[int, typer.Option(help="Decoder layers of the target (the draft has 1).")] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 64,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 4,
+    kv_heads: Annotated[int, typer.Option(help="Key/value heads (grouped-query attention).")] = 2,
+    mlp: Annotated[int | None, typer.Option(help="MLP size (default 2 x hidden).")] = None,
+    vocab_size: Annotated[int | None, typer.Option(help="Embedding rows (default: the tokenizer's; larger mimics a real vocabulary's cost).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
-    """Write a tiny RANDOM-weight HF model set in a family's real layout (smoke tests, no downloads)."""
+    """Write a tiny RANDOM-weight HF model set in a family's real layout (smoke tests, no downloads).
+
+    Larger shapes time real-sized models without their weights, e.g. Llama-3.2-1B (Llasa-1B):
+    --layers 16 --hidden 2048 --heads 32 --kv-heads 8 --mlp 8192 --vocab-size 193800.
+    """
     from specbench.targets.tiny import make_tiny_model
 
-    info = make_tiny_model(family, out, arch=arch, seed=seed, layers=layers, hidden=hidden, overwrite=overwrite)
-    console.print(
-        f"wrote {out}: target {out / info['target']}, draft {out / info['draft']}, codec {out / info['codec']}, untrained heads {out / info['heads']}"
-    )
-    console.print(f"use it with model: {{backend: hf-causal, path: {out / info['target']}, family: {family}}} (or path: tiny:{family} for data/tiny)")
+    shape = {"heads": heads, "kv_heads": kv_heads, **({"intermediate_size": mlp} if mlp else {}), **({"vocab_size": vocab_size} if vocab_size else {})}
+    info = make_tiny_model(family, out, arch=arch, seed=seed, layers=layers, hidden=hidden, shape=shape, overwrite=overwrite)
+    codec = info["codec"] if info["codec"].startswith("builtin:") else out / info["codec"]
+    console.print(f"wrote {out}: target {out / info['target']}, draft {out / info['draft']}, codec {codec}, untrained heads {out / info['heads']}")
+    console.print(f"use it with model: {{backend: hf-causal, path: {out / info['target']}, family: {family}}}")
 
 
 @app.command("list")

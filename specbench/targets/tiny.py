@@ -83,16 +83,17 @@ def _build_tokenizer(family: Any) -> Any:
     return fast
 
 
-def _build_model(arch: str, vocab: int, layers: int, hidden: int, seed: int, tokenizer: Any) -> Any:
+def _build_model(arch: str, vocab: int, layers: int, hidden: int, seed: int, tokenizer: Any, shape: dict[str, int] | None = None) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+    shape = shape or {}
     common = dict(
-        vocab_size=vocab,
+        vocab_size=max(vocab, shape.get("vocab_size", 0)),  # a larger table than the tokenizer mimics a real vocabulary's cost
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=shape.get("intermediate_size", 2 * hidden),
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=shape.get("heads", 4),
+        num_key_value_heads=shape.get("kv_heads", 2),
         max_position_embeddings=8192,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
@@ -105,19 +106,41 @@ def _build_model(arch: str, vocab: int, layers: int, hidden: int, seed: int, tok
     return Qwen2ForCausalLM(Qwen2Config(**common))
 
 
-def write_tiny_lm(family: str, out: str | Path, *, arch: str = "llama", layers: int = 2, hidden: int = 64, seed: int = 0, tokenizer: Any = None) -> Path:
-    """One tiny random causal-LM directory (config, safetensors weights, tokenizer) for ``family``."""
+def write_tiny_lm(
+    family: str,
+    out: str | Path,
+    *,
+    arch: str = "llama",
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    tokenizer: Any = None,
+    shape: dict[str, int] | None = None,
+) -> Path:
+    """One random causal-LM directory (config, safetensors weights, tokenizer) for ``family``.
+
+    ``shape`` may set ``heads``, ``kv_heads``, ``intermediate_size`` and ``vocab_size`` (e.g. Llama-3.2-1B's
+    32/8/8192/193,800 for timing a real-sized model); defaults give a tiny model.
+    """
     if arch not in ARCHS:
         raise ConfigError(f"unknown --arch '{arch}': choose {' or '.join(ARCHS)}")
     tok = tokenizer if tokenizer is not None else _build_tokenizer(load_family(family))
-    model = _build_model(arch, len(tok), layers, hidden, seed, tok)
+    model = _build_model(arch, len(tok), layers, hidden, seed, tok, shape)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return Path(out)
 
 
 def make_tiny_model(
-    family: str, out: str | Path, *, arch: str = "llama", seed: int = 0, layers: int = 2, hidden: int = 64, overwrite: bool = False
+    family: str,
+    out: str | Path,
+    *,
+    arch: str = "llama",
+    seed: int = 0,
+    layers: int = 2,
+    hidden: int = 64,
+    shape: dict[str, int] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, str]:
     """Write a tiny random model directory set for ``family`` under ``out`` (see the module docstring).
 
@@ -125,7 +148,6 @@ def make_tiny_model(
     Returns the ``tiny.json`` content: paths of target, draft, codec and heads.
     """
     from specbench.codec import load_codec
-    from specbench.codec.tiny import write_tiny_codec
     from specbench.models.heads import DraftHeads, save_heads
 
     if arch not in ARCHS:
@@ -139,20 +161,25 @@ def make_tiny_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        codec_path = write_tiny_codec(fam.codec, tmp / "codec", seed=seed)
+        # the built-in codec ships with specbench: a family over it (a user YAML) needs no random codec
+        codec_path: str | Path = "builtin:kmeans-mel-1024"
+        if fam.codec != "kmeans-mel":
+            from specbench.codec.tiny import write_tiny_codec
+
+            codec_path = write_tiny_codec(fam.codec, tmp / "codec", seed=seed)
         codec = load_codec(fam.codec, str(codec_path))
         if codec.vocab_size != fam.speech_vocab:
             raise ConfigError(f"the tiny {fam.codec} codec has {codec.vocab_size} tokens but family {fam.name} expects {fam.speech_vocab}")
         tok = _build_tokenizer(fam)
         for name, n_layers, s in (("target", layers, seed), ("draft", 1, seed + 1)):
-            write_tiny_lm(family, tmp / name, arch=arch, layers=n_layers, hidden=hidden, seed=s, tokenizer=tok)
+            write_tiny_lm(family, tmp / name, arch=arch, layers=n_layers, hidden=hidden, seed=s, tokenizer=tok, shape=shape)
         from specbench.targets.hf_causal import load_hf_causal
 
         target = load_hf_causal(str(tmp / "target"), family, torch.device("cpu"))
         heads = DraftHeads.from_target(target, n_heads=4)
         final_target_id = target.id.replace(tmp.name, out.name)  # the id names the folder it will live in
         save_heads(heads, tmp / "heads.pt", final_target_id, codec.id, {"role": "heads", "untrained": True, "note": "LM-head copies (make-tiny-model)"})
-        rel_codec = Path(codec_path).relative_to(tmp)
+        rel_codec = codec_path if isinstance(codec_path, str) else Path(codec_path).relative_to(tmp)
         info = {
             "family": fam.name,
             "arch": arch,
@@ -189,4 +216,4 @@ def resolve_tiny(spec: str | Path) -> Path:
         print(f"building the tiny random {family} model in {root} (offline, a few seconds) ...", file=sys.stderr)
         make_tiny_model(family, root, overwrite=root.exists())
     info = json.loads((root / "tiny.json").read_text())
-    return root / info[part]
+    return Path(info[part]) if str(info[part]).startswith("builtin:") else root / info[part]
