@@ -69,6 +69,15 @@ def test_train_heads_on_an_hf_target_then_run_every_method(tiny_assets, hf_setup
     hist = list(read_jsonl(tmp_path / "heads" / "history.jsonl"))
     assert [r["step"] for r in hist] == [0, 2] and hist[-1]["dev_heads_loss"] != hist[0]["dev_heads_loss"]  # it learned something
 
+    # calibrate a sparse tree for these heads on the HF target, and use it below
+    cal = tiny_recipe(tiny_assets, tmp_path / "cal", model=hf_setup["model"], sampling={"temperature": 0.0, "max_tokens": 20})
+    cal_path = tmp_path / "cal.yaml"
+    cal_path.write_text(yaml.safe_dump(cal))
+    res = _invoke("calibrate-tree", str(cal_path), "--heads", str(heads_path), "--budget", "6", "--out-dir", str(tmp_path / "trees"), "--max-rank", "4")
+    assert res.exit_code == 0, res.output
+    tree = json.loads((tmp_path / "trees" / "vadusa-6.json").read_text())
+    assert len(tree["paths"]) == 6 and tree["model"].startswith("hf-causal:mini:target:")
+
     draft = str(hf_setup["draft"])
     recipe = tiny_recipe(
         tiny_assets,
@@ -79,7 +88,7 @@ def test_train_heads_on_an_hf_target_then_run_every_method(tiny_assets, hf_setup
             {"name": "baseline"},
             {"name": "sd", "preset": "sd", "draft": draft},
             {"name": "ssd", "preset": "ssd", "draft": "layers:1"},
-            {"name": "vadusa", "preset": "vadusa", "heads": str(heads_path), "tree": "dense-small"},
+            {"name": "vadusa", "preset": "vadusa", "heads": str(heads_path), "tree": str(tmp_path / "trees" / "vadusa-6.json")},
             {"name": "pcg", "preset": "pcg", "draft": draft, "theta": 0.2},
         ],
     )
@@ -107,6 +116,12 @@ def test_train_heads_on_an_hf_target_then_run_every_method(tiny_assets, hf_setup
     assert "vadusa" in summary and "pcg" in summary
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert "transformers" in json.dumps(env)
+
+
+def test_build_groups_from_an_hf_target(hf_setup) -> None:
+    res = _invoke("build-groups", "--model", str(hf_setup["target"]), "--family", str(hf_setup["family"]), "--theta", "0.1")
+    assert res.exit_code == 0, res.output
+    assert "hf-causal:mini:target" in res.output and "vocabulary" in res.output and "33" in res.output
 
 
 def test_hf_run_errors_are_one_line(tiny_assets, hf_setup, tmp_path: Path) -> None:
