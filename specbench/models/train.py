@@ -280,6 +280,17 @@ def check_run_dir(out: Path, resume: bool) -> Path:
     return last
 
 
+def start_training(tc: TrainTargetConfig, out: Path, resume: bool) -> tuple[Path, torch.device, Any]:
+    """What every training job does first: the run-folder check (``out/last.pt``), threads, device,
+    the seed and the codec. Returns ``(last.pt path, device, codec)``."""
+    last = check_run_dir(out, resume)
+    set_threads(tc.threads)
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    return last, device, codec
+
+
 def train_target(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train (or resume) a target codec LM as configured; returns the exported ``model.pt`` path."""
     return train_lm(tc, resume=resume, log=log)
@@ -291,11 +302,7 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     from specbench.models.lm_io import load_lm
 
     out = Path(tc.out_dir)
-    last = check_run_dir(out, resume)
-    set_threads(tc.threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    last, device, codec = start_training(tc, out, resume)
     neighbours = None  # history noise: checked before any model or data is loaded
     if tc.history_noise > 0:
         if not hasattr(codec, "token_vectors"):

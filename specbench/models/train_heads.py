@@ -33,16 +33,15 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from specbench.codec import load_codec
 from specbench.config import TrainHeadsConfig
-from specbench.device import release_host_memory, resolve_device, set_threads
+from specbench.device import release_host_memory
 from specbench.errors import ModelError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
 from specbench.models.codec_lm import CodecLM, count_parameters
 from specbench.models.heads import KIND, DraftHeads, heads_payload, save_heads
 from specbench.models.lm_io import export_model, load_lm
-from specbench.models.train import IGNORE, TRIM_EVERY, Example, batches, build_sequence, check_run_dir, collate, load_examples, lr_at, pick_prompt
+from specbench.models.train import IGNORE, TRIM_EVERY, Example, batches, build_sequence, collate, load_examples, lr_at, pick_prompt, start_training
 from specbench.targets.builtin import BuiltinTarget
 
 
@@ -165,11 +164,7 @@ def _accuracy_line(acc: list[dict[str, Any]]) -> str:
 def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print) -> Path:
     """Train (or resume) draft heads as configured; returns ``out_dir/heads.pt``."""
     out = Path(tc.out_dir)
-    last = check_run_dir(out, resume)
-    set_threads(tc.threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    last, device, codec = start_training(tc, out, resume)
     target, tck = load_lm(tc.target, device)
     if tck.get("codec_id") and tck["codec_id"] != codec.id:
         raise ModelError(f"target {tc.target} was trained on codec {tck['codec_id']}, not {codec.id}: set codec.path to that codec")

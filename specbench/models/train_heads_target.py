@@ -21,16 +21,14 @@ from typing import Any
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from specbench.codec import load_codec
 from specbench.config import TrainHeadsConfig
 from specbench.data.manifest import load_manifest
 from specbench.data.tokens import tokenize_manifest
-from specbench.device import resolve_device, set_threads
 from specbench.errors import ConfigError, DataError, ModelError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
 from specbench.models.heads import KIND, DraftHeads, heads_payload, save_heads
-from specbench.models.train import check_run_dir, lr_at
+from specbench.models.train import lr_at, start_training
 from specbench.models.train_heads import _accuracy_line, heads_on_batch, per_head_ce, weighted
 from specbench.targets import Context, TargetModel, load_target
 
@@ -109,11 +107,7 @@ def train_heads_on_target(tc: TrainHeadsConfig, *, resume: bool = False, log: An
     if tc.mode != "frozen":
         raise ConfigError("mode: joint fine-tunes a specbench target; heads on a target_model train with mode: frozen")
     out = Path(tc.out_dir)
-    last = check_run_dir(out, resume)
-    set_threads(tc.threads)
-    device = resolve_device(tc.device)
-    torch.manual_seed(tc.seed)
-    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    last, device, codec = start_training(tc, out, resume)
     target = load_target(tc.target_model, device)
     target.check_codec(codec)
     frame = getattr(getattr(target, "family", None), "frame", 1)
