@@ -30,10 +30,13 @@ venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchaudio==2.11.0
-	$(BIN)/pip install -q -e '.[encodec,dev,whisper,hf,speechbrain]' torch==2.14.1
+	$(BIN)/pip install -q -e '.[encodec,dev,whisper,hf,speechbrain,hf-tts,ray]' torch==2.14.1
 	# resemblyzer's declared deps (webrtcvad sdist, typing) break its import; its needs come from pyproject
 	$(BIN)/pip install -q --no-deps resemblyzer==0.1.4
-	@$(BIN)/python -c "import specbench, torch, resemblyzer, faster_whisper, encodec; print('specbench', specbench.__version__, '| torch', torch.__version__)"
+	# codec backends with wrong declared pins (xcodec2: torch==2.5.0; torchtune: datasets, torchao<0.17;
+	# descript-audiotools: protobuf<3.20); what they really need comes from the xcodec2 / dac extras
+	$(BIN)/pip install -q --no-deps xcodec2==0.1.5 torchtune==0.6.1 descript-audio-codec==1.0.0 descript-audiotools==0.7.2
+	@$(BIN)/python -W ignore -c "import specbench, torch, resemblyzer, faster_whisper, encodec, snac, dac; from specbench.codec.xcodec2_codec import import_xcodec2; import_xcodec2(); print('specbench', specbench.__version__, '| torch', torch.__version__)"
 
 test:
 	$(BIN)/pytest -q

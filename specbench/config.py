@@ -60,11 +60,30 @@ class CorpusConfig(Strict):
 
 
 class CodecConfig(Strict):
-    """The speech tokenizer; must match the one the model was trained on."""
+    """The speech tokenizer; must match the one the model was trained on.
 
-    kind: Literal["kmeans-mel", "encodec"] = "kmeans-mel"
+    ``kind``: ``kmeans-mel`` (built-in), ``encodec`` (first codebook), ``xcodec2`` (Llasa), ``snac``
+    (Orpheus' 7-token frames), ``dac`` (OuteTTS 1.0); see specbench/codec. ``path`` is LOCAL (nothing is
+    downloaded): a codec file, ``builtin:NAME``, or for xcodec2 / snac a snapshot directory.
+    """
+
+    kind: Literal["kmeans-mel", "encodec", "xcodec2", "snac", "dac"] = "kmeans-mel"
     path: str = "builtin:kmeans-mel-1024"
+    # encodec only: the target bandwidth in kbps (the first codebook is the same at every one)
     bandwidth: float = Field(default=1.5, gt=0)
+    # xcodec2 only: the local facebook/w2v-bert-2.0 directory (config.json, preprocessor_config.json);
+    # None: a folder named w2v-bert-2.0 inside codec.path or next to it
+    semantic_path: str | None = None
+    # dac only: how many of the model's codebooks make up each frame; None: all of them (OuteTTS 1.0: 2)
+    n_codebooks: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _options_of_kind(self) -> CodecConfig:
+        if self.semantic_path is not None and self.kind != "xcodec2":
+            raise ValueError(f"codec.semantic_path is for kind xcodec2 (the w2v-bert-2.0 folder), not {self.kind}: remove it")
+        if self.n_codebooks is not None and self.kind != "dac":
+            raise ValueError(f"codec.n_codebooks is for kind dac, not {self.kind}: remove it")
+        return self
 
 
 class ModelRef(Strict):

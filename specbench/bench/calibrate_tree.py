@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from specbench.bench.runner import PromptCache, load_heads_for, resolve_manifest, select_items, text_length, token_budget
-from specbench.codec import load_codec
+from specbench.codec import codec_from_config
 from specbench.config import RunConfig
 from specbench.decoding.calibrate import grow_tree, head_acceptance, save_tree
 from specbench.decoding.sampling import Sampling
@@ -46,7 +46,7 @@ def calibrate_tree(
         raise ConfigError("give at least one --budget >= 1")
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
+    codec = codec_from_config(cfg.codec, device=str(device))
     target = load_target(cfg.model, device)
     target.check_codec(codec)
     heads = load_heads_for(heads_spec, target, codec, device)

@@ -20,7 +20,7 @@ from rich.progress import Progress
 
 from specbench.audio import read_audio, write_audio
 from specbench.bench.runner import load_records, load_run_config, resolve_audio
-from specbench.codec import load_codec
+from specbench.codec import codec_from_config
 from specbench.decoding.groups import Groups, groups_from_model
 from specbench.errors import RunStateError
 from specbench.targets import load_target
@@ -71,7 +71,7 @@ def stress_groups(
         raise RunStateError(f"{len(missing)} rows of {run_dir} have no saved tokens (e.g. {missing[0]}): regenerate them with this version")
     target = load_target(cfg.model, "cpu")
     groups = groups_from_model(target, theta, source=source, weighting=weighting)
-    codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth)
+    codec = codec_from_config(cfg.codec)
     asr, spk = build_asr(cfg.scoring.asr), build_speaker(cfg.scoring.speaker)
     out = run_dir / "stress" / f"theta{theta:g}-f{fraction:g}"
     rng = np.random.default_rng(seed)

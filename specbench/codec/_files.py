@@ -72,9 +72,11 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: 
     Every parameter must be in the file, with its shape, and the file may hold nothing unknown. Buffers
     are lenient both ways: they are values a module computes itself in ``__init__`` (resampling filters,
     STFT windows, FSQ levels), so a checkpoint written by another version of a package may lack one or
-    carry one that is no longer persistent; the module's own value is kept then.
+    carry one that is no longer persistent; the module's own value is kept then. Weight-norm tensors
+    saved under the old names (``weight_g`` / ``weight_v``) are renamed as ``load_state_dict`` would.
     """
     own = model.state_dict()
+    state = _weight_norm_names(state, own)
     params = {name for name, _ in model.named_parameters()}
     buffers = {name for name, _ in model.named_buffers()}  # includes non-persistent ones
     missing = params - set(state)
@@ -93,7 +95,23 @@ def check_keys(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: 
     if wrong:
         k = wrong[0]
         raise ModelError(
-            f"{path} does not fit {what} ({len(wrong)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} "
-            f"instead of {tuple(own[k].shape)}): {where}"
+            f"{path} does not fit {what} ({len(wrong)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} instead of {tuple(own[k].shape)}): {where}"
         )
     return {k: v for k, v in state.items() if k in own}
+
+
+_OLD_WEIGHT_NORM = {"weight_g": "parametrizations.weight.original0", "weight_v": "parametrizations.weight.original1"}
+
+
+def _weight_norm_names(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with ``torch.nn.utils.weight_norm``'s names (``P.weight_g``, ``P.weight_v``) renamed to those
+    of ``torch.nn.utils.parametrizations.weight_norm`` where the module uses the latter: the renaming that
+    torch's own load hook does (and transformers' ``from_pretrained``), so checkpoints of either era load."""
+    out = {}
+    for k, v in state.items():
+        head, dot, leaf = k.rpartition(".")
+        if leaf in _OLD_WEIGHT_NORM and k not in own:
+            renamed = f"{head}{dot}{_OLD_WEIGHT_NORM[leaf]}"
+            k = renamed if renamed in own else k
+        out[k] = v
+    return out

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from specbench.codec import load_codec
+from specbench.codec import codec_from_config
 from specbench.config import TrainTargetConfig
 from specbench.data.manifest import load_manifest
 from specbench.data.tokens import tokenize_manifest
@@ -287,7 +287,7 @@ def start_training(tc: TrainTargetConfig, out: Path, resume: bool) -> tuple[Path
     set_threads(tc.threads)
     device = resolve_device(tc.device)
     torch.manual_seed(tc.seed)
-    codec = load_codec(tc.codec.kind, tc.codec.path, bandwidth=tc.codec.bandwidth, device=str(device))
+    codec = codec_from_config(tc.codec, device=str(device))
     return last, device, codec
 
 
