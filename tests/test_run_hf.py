@@ -165,3 +165,74 @@ def test_bench_times_transformers_generate_as_the_peer_baseline(tiny_assets, hf_
     row = [line for line in text.splitlines() if line.startswith("| transformers generate()")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) > 0 and cells[4] == "True"  # ratio, and greedy outputs agree
+
+
+def test_shipped_hf_tiny_recipe_runs(tiny_assets, tmp_path: Path, monkeypatch) -> None:
+    """recipes/hf_tiny.yaml as shipped (tiny:llasa built on first use: 65,536 speech tokens, XCodec2 layout),
+    cut to one utterance and a short budget; every decoder's greedy output is checked against the baseline
+    where the rule is lossless."""
+    monkeypatch.setenv("SPECBENCH_TINY_DIR", str(tmp_path / "tiny"))
+    out = tmp_path / "run"
+    res = _invoke(
+        "run",
+        "recipes/hf_tiny.yaml",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        f"corpus.root={tiny_assets['corpus']}",
+        "--set",
+        "corpus.limit=1",
+        "--set",
+        "sampling.max_tokens=12",
+        "--set",
+        "scoring.enabled=false",
+        "--set",
+        "warmup=0",
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "tiny" / "llasa" / "tiny.json").is_file()
+    rows = list(read_jsonl(out / "records.jsonl"))
+    assert {r["decoder"] for r in rows} == {"baseline", "sd", "ssd", "vadusa", "pcg"}
+    tok = {r["decoder"]: np.load(out / r["audio"].replace(".wav", ".tokens.npy")).tolist() for r in rows}
+    assert tok["sd"] == tok["baseline"]  # exact SD under greedy
+    assert next(r for r in rows if r["decoder"] == "pcg")["group_mean_size"] >= 1  # groups over 65,537 rows
+
+
+def test_make_tiny_model_orpheus_and_snac_frames(tiny_assets, tmp_path: Path) -> None:
+    """`make-tiny-model --family orpheus`: a Llama with Orpheus' special tokens and 28,672 flat SNAC ids; a run
+    decodes the flat stream by regrouping 7-token frames (24 kHz audio)."""
+    import soundfile as sf
+
+    out = tmp_path / "orpheus"
+    res = _invoke("make-tiny-model", "--family", "orpheus", "--out", str(out), "--arch", "qwen2")
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "tiny.json").read_text())
+    assert info["arch"] == "qwen2" and (out / info["codec"]).exists()
+    recipe = tiny_recipe(
+        tiny_assets,
+        tmp_path / "run",
+        codec={"kind": "snac", "path": str(out / info["codec"])},
+        model={"backend": "hf-causal", "path": str(out / "target"), "family": "orpheus"},
+        sampling={"temperature": 0.0, "max_tokens": 30},
+        decoders=[{"name": "baseline"}, {"name": "sd", "preset": "sd", "draft": "layers:1"}],
+        scoring={"enabled": False},
+    )
+    recipe["corpus"]["limit"] = 1
+    p = tmp_path / "orpheus.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    res = _invoke("run", str(p))
+    assert res.exit_code == 0, res.output
+    rows = [r for r in read_jsonl(tmp_path / "run" / "records.jsonl") if r["kind"] == "decoder"]
+    assert len(rows) == 2
+    from specbench.codec import load_codec
+
+    rate = load_codec("snac", str(out / info["codec"])).frame_rate
+    for r in rows:
+        toks = np.load(tmp_path / "run" / r["audio"].replace(".wav", ".tokens.npy"))
+        info_wav = sf.info(tmp_path / "run" / r["audio"])
+        assert info_wav.samplerate == 24000
+        # whole 7-token frames decode to audio of their duration (a trailing partial frame is dropped)
+        assert abs(info_wav.frames / 24000 - (len(toks) // 7 * 7) / rate) < 0.02
+    # an existing folder is never overwritten without --overwrite
+    res = _invoke("make-tiny-model", "--family", "orpheus", "--out", str(out))
+    assert res.exit_code == 2 and "--overwrite" in res.output
