@@ -256,10 +256,24 @@ def changed_tokens(a: RunSide, b: RunSide) -> dict[str, tuple[int, int]]:
     return out
 
 
+def current_schema(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved recipe read through TODAY's schema (fields added since with their defaults filled in), so an
+    older run folder's config compares equal to the same recipe written now; unchanged if it no longer validates."""
+    from pydantic import ValidationError
+
+    from specbench.config import RunConfig
+
+    try:
+        return RunConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:  # an invalid or foreign config is compared as written
+        return config
+
+
 def _config_notes(a: RunSide, b: RunSide) -> list[str]:
     notes = []
     if a.config is not None and b.config is not None:
-        diff = [k for k in CONFIG_KEYS if a.config.get(k) != b.config.get(k)]
+        ca, cb = current_schema(a.config), current_schema(b.config)
+        diff = [k for k in CONFIG_KEYS if ca.get(k) != cb.get(k)]
         if diff:
             notes.append(f"the two runs' recipes differ in: {', '.join(diff)} (deltas may reflect the recipe, not the code)")
     if a.env and b.env:
