@@ -29,6 +29,19 @@ console = Console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key: a.b=value (repeatable).")]
+ShardsOpt = Annotated[
+    int,
+    typer.Option(
+        "--shards",
+        min=1,
+        help="Split the missing rows over N Ray workers (one GPU each when the device is CUDA, else one CPU); "
+        "this process still writes every file. 1 = in this process, no Ray. Needs `pip install -e '.[ray]'`.",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="Join this running Ray cluster ('auto' or HOST:PORT) instead of starting one inside this process."),
+]
 
 
 def friendly(fn: F) -> F:
@@ -70,32 +83,47 @@ def _recipe_or_run(target: Path, overrides: list[str] | None):
 
 @app.command()
 @friendly
-def run(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")], set_: SetOpt = None) -> None:
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+    set_: SetOpt = None,
+    shards: ShardsOpt = 1,
+    ray_address: RayAddressOpt = None,
+) -> None:
     """Generate, score and report a recipe (resumable: a rerun skips finished rows)."""
     from specbench.bench.runner import run as run_recipe
     from specbench.config import load_recipe
 
     cfg = load_recipe(recipe, set_)
-    run_recipe(cfg, log=console.print)
+    run_recipe(cfg, log=console.print, shards=shards, ray_address=ray_address)
 
 
 @app.command()
 @friendly
-def generate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")], set_: SetOpt = None) -> None:
+def generate(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    set_: SetOpt = None,
+    shards: ShardsOpt = 1,
+    ray_address: RayAddressOpt = None,
+) -> None:
     """Only the generation step: tokens, stats, audio → records.jsonl."""
     from specbench.bench.runner import run as run_recipe
     from specbench.config import load_recipe
 
-    run_recipe(load_recipe(recipe, set_), steps=("generate",), log=console.print)
+    run_recipe(load_recipe(recipe, set_), steps=("generate",), log=console.print, shards=shards, ray_address=ray_address)
 
 
 @app.command()
 @friendly
-def score(target: Annotated[Path, typer.Argument(help="Recipe YAML or a run folder.")], set_: SetOpt = None) -> None:
+def score(
+    target: Annotated[Path, typer.Argument(help="Recipe YAML or a run folder.")],
+    set_: SetOpt = None,
+    shards: ShardsOpt = 1,
+    ray_address: RayAddressOpt = None,
+) -> None:
     """Only the scoring step (WER, CER, SIM); rescoring with another scorer adds rows, never replaces."""
     from specbench.bench.runner import run as run_recipe
 
-    run_recipe(_recipe_or_run(target, set_), steps=("score",), log=console.print)
+    run_recipe(_recipe_or_run(target, set_), steps=("score",), log=console.print, shards=shards, ray_address=ray_address)
 
 
 @app.command()

@@ -27,3 +27,9 @@ class DependencyError(SpecbenchError):
 
 class RunStateError(SpecbenchError):
     """An output directory holds results that this command must not overwrite."""
+
+
+class WorkerError(SpecbenchError):
+    """A sharded run finished with rows that failed on a worker (finished rows are saved; a rerun does the rest)."""
+
+    exit_code = 1

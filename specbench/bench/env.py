@@ -33,6 +33,7 @@ PACKAGES = (
     "xcodec2",
     "snac",
     "descript-audio-codec",
+    "ray",
 )
 
 

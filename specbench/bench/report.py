@@ -224,7 +224,7 @@ def header_lines(out: Path, df: pd.DataFrame, cfg: RunConfig | None) -> list[str
         + (f" | generated {env['timestamp']}" if env.get("timestamp") else ""),
         f"device: {env.get('device', '?')} ({env.get('device_name', '?')}) | CPU: {env.get('cpu', '?')} x{env.get('cpu_count', '?')}"
         f" | threads {env.get('torch_threads', '?')} | python {env.get('python', '?')} | torch {env.get('torch', '?')} | CUDA {env.get('cuda')}"
-        f" | commit {env.get('git_commit', '?')}",
+        f" | commit {env.get('git_commit', '?')}" + (f" | shards {env['shards']} (Ray workers)" if env.get("shards", 1) > 1 else ""),
         f"model: {first.get('model', '?')} | codec: {first.get('codec_id', '?')}",
     ]
     if len(envs) > 1:

@@ -11,6 +11,11 @@ Run folder (``output_dir``):
   codec-decoded reference rows ``codec_resynth`` and ``teacher_forced``), and ``audio/prompts/<utt>.wav``
   (the prompt as the model heard it);
 - ``summary.csv`` / ``summary.md`` written by the report step.
+
+Generation and scoring call per-item functions (:meth:`ItemGenerator.generate_item`,
+:meth:`ItemScorer.score_chunk`) that write nothing; the step's loop writes what they return. With
+``--shards N`` the same functions run on N Ray workers (:mod:`specbench.bench.shards`) and this process
+stays the only writer, so the files, the resume rules and the rows themselves are the same.
 """
 
 from __future__ import annotations
@@ -225,24 +230,41 @@ def decode_one(m: Models, d: DecoderConfig, ctx: Context, sampling: Sampling, ma
 
 
 class PromptCache:
-    """Prompt audio (cropped as the model hears it) and its tokens, per utterance."""
+    """Prompt audio (cropped as the model hears it) and its tokens, per utterance.
 
-    def __init__(self, manifest: Manifest, codec: SpeechCodec, seconds: float, out: Path) -> None:
+    With a folder ``out`` each prompt clip is written to ``out/audio/prompts/<utt>.wav`` when first
+    encoded. With ``out=None`` (the runner's workers, which never write) a newly encoded clip waits in
+    :meth:`take_clip` until the item that needed it hands it to the writer.
+    """
+
+    def __init__(self, manifest: Manifest, codec: SpeechCodec, seconds: float, out: Path | None) -> None:
         self.manifest, self.codec, self.seconds, self.out = manifest, codec, seconds, out
         self._tokens: dict[str, torch.Tensor] = {}
+        self._clips: dict[str, tuple[np.ndarray, int]] = {}
         self._texts = {u.utt_id: u.text for u in manifest.utterances}
 
+    @staticmethod
+    def relative_path(utt: Utterance) -> Path:
+        """Where the prompt clip lives inside a run folder."""
+        return Path("audio") / "prompts" / f"{utt.utt_id}.wav"
+
     def path(self, utt: Utterance) -> Path:
-        return self.out / "audio" / "prompts" / f"{utt.utt_id}.wav"
+        return (self.out or Path(".")) / self.relative_path(utt)
 
     def tokens(self, utt: Utterance) -> torch.Tensor:
         if utt.utt_id not in self._tokens:
             wav, sr = read_audio(utt.prompt_path(self.manifest.root))
             wav = crop_seconds(wav, sr, self.seconds)
-            if not self.path(utt).is_file():
+            if self.out is None:
+                self._clips[utt.utt_id] = (wav, sr)
+            elif not self.path(utt).is_file():
                 write_audio(self.path(utt), wav, sr)
             self._tokens[utt.utt_id] = self.codec.encode(wav, sr)
         return self._tokens[utt.utt_id]
+
+    def take_clip(self, utt: Utterance) -> tuple[np.ndarray, int] | None:
+        """The prompt clip encoded since it was last taken (once per process and utterance), else None."""
+        return self._clips.pop(utt.utt_id, None)
 
     def transcript(self, utt: Utterance) -> str | None:
         """What the prompt says: ``extra.prompt_text``, else the text of ``prompt_utt_id`` in the manifest."""
@@ -278,108 +300,247 @@ def token_budget(cfg: RunConfig, n_text: int, frame_rate: float = BUDGET_FRAME_R
     return max(1, min(s.max_tokens, math.ceil(s.max_tokens_per_text_token * n_text * frame_rate / BUDGET_FRAME_RATE)))
 
 
-def generate_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
-    """Generate every missing (decoder, utterance, repeat) row; returns the number of new rows."""
+@dataclass
+class GenJob:
+    """One generation row to make: ``decoder`` (a decoder name, or a reference row's name) × utterance × repeat."""
+
+    decoder: str
+    utt: Utterance
+    repeat: int
+    reference: bool = False
+
+    @property
+    def key(self) -> str:
+        return record_key(self.decoder, self.utt.utt_id, self.repeat)
+
+    def __str__(self) -> str:
+        return f"decoder {self.decoder}, utt_id {self.utt.utt_id}, repeat {self.repeat}"
+
+
+@dataclass
+class ItemResult:
+    """What generating one row produced, for the writer (:func:`write_item`); nothing of it is on disk yet.
+
+    ``audio``: the clip for ``row["audio"]`` (None for ``ground_truth``, which points at the corpus file);
+    ``tokens``: its int32 token ids (written beside it); ``prompt``: the prompt clip as the model heard it,
+    sent by the first item of its utterance in each process (the writer writes it once).
+    """
+
+    row: dict[str, Any]
+    audio: tuple[np.ndarray, int] | None = None
+    tokens: np.ndarray | None = None
+    prompt: tuple[np.ndarray, int] | None = None
+
+
+@dataclass
+class GenPlan:
+    """The missing rows of a run folder: decoder jobs first (repeat × utterance × decoder), then reference rows."""
+
+    manifest: Manifest
+    items: list[Utterance]
+    jobs: list[GenJob]
+
+    @property
+    def warmup_utt(self) -> Utterance | None:
+        """The utterance warm-up runs use: the first missing decoder row's (none when only references are missing)."""
+        return next((j.utt for j in self.jobs if not j.reference), None)
+
+
+def plan_generation(cfg: RunConfig, out: Path, log: Log = print) -> GenPlan:
+    """Prepare (or check) the run folder and list the rows ``records.jsonl`` does not hold yet."""
     prepare_run_dir(cfg, out)
     manifest = resolve_manifest(cfg, out, log)
     items = select_items(manifest.utterances, cfg.corpus.limit)
     done = {record_key(r["decoder"], r["utt_id"], r["repeat"]) for r in load_records(out)}
-    jobs = [(rep, u, d) for rep in range(cfg.repeats) for u in items for d in cfg.decoders if record_key(d.name, u.utt_id, rep) not in done]
-    refs = [(u, name) for u in items for name in reference_decoders(cfg) if record_key(name, u.utt_id, 0) not in done]
-    if not jobs and not refs:
-        log(f"generation: all {len(items) * len(cfg.decoders) * cfg.repeats} rows already in {out / 'records.jsonl'}")
+    jobs = [GenJob(d.name, u, rep) for rep in range(cfg.repeats) for u in items for d in cfg.decoders]
+    jobs += [GenJob(name, u, 0, reference=True) for u in items for name in reference_decoders(cfg)]
+    return GenPlan(manifest, items, [j for j in jobs if j.key not in done])
+
+
+def audio_relative_path(decoder: str, utt_id: str, repeat: int) -> Path:
+    """Where a row's clip lives inside a run folder (its ``.tokens.npy`` beside it)."""
+    return Path("audio") / decoder / f"{utt_id}.r{repeat}.wav"
+
+
+class ItemGenerator:
+    """The models of one process — the run's own, or one shard's — turning a :class:`GenJob` into an :class:`ItemResult`.
+
+    Loads codec, target, drafts and heads once. Writes nothing: the driver writes what it returns
+    (:func:`write_item`). A row depends only on (config, job): its generator is seeded by
+    :func:`item_seed`, so rows do not depend on which process made them or in which order.
+    """
+
+    def __init__(self, cfg: RunConfig, manifest: Manifest, shards: int = 1) -> None:
+        self.cfg, self.root = cfg, manifest.root
+        self.m = load_models(cfg)
+        self.prompts = PromptCache(manifest, self.m.codec, cfg.corpus.prompt_seconds, None)
+        self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+        self.decoders = {d.name: d for d in cfg.decoders}
+        m = self.m
+        self.common = {"codec_id": m.codec.id, "model": m.target.id, "device": str(m.device), "sampling": cfg.sampling.model_dump(), "shards": shards}
+
+    def environment(self) -> dict[str, Any]:
+        """``env.json`` of this process (device, versions, the loaded models)."""
+        return capture_env(self.m.device, self.cfg.seed, describe_models(self.m))
+
+    def warm_up(self, utt: Utterance | None) -> None:
+        """``cfg.warmup`` discarded runs of every decoder on ``utt`` (allocator, caches, lazy init)."""
+        if utt is None or not self.cfg.warmup:
+            return
+        first = self.prompts.context(utt)
+        budget = min(50, token_budget(self.cfg, 10, self.m.codec.frame_rate))
+        for d in self.cfg.decoders:
+            for _ in range(self.cfg.warmup):
+                decode_one(self.m, d, first, self.sampling, budget, 0)
+
+    def generate_item(self, job: GenJob) -> ItemResult:
+        """Generate (or, for a reference row, encode/decode) one row; pure apart from the models' caches."""
+        res = self._reference(job) if job.reference else self._decoder_row(job)
+        res.prompt = self.prompts.take_clip(job.utt)  # taken only once the item succeeded
+        return res
+
+    def _decoder_row(self, job: GenJob) -> ItemResult:
+        cfg, m, u, d, rep = self.cfg, self.m, job.utt, self.decoders[job.decoder], job.repeat
+        seed = item_seed(cfg.seed, u.utt_id, rep)
+        tokens, stats = decode_one(m, d, self.prompts.context(u), self.sampling, token_budget(cfg, text_length(u), m.codec.frame_rate), seed)
+        t0 = time.perf_counter()
+        wav, sr = m.codec.decode(tokens)
+        decode_seconds = time.perf_counter() - t0
+        audio_seconds = len(wav) / sr
+        row = {
+            "decoder": d.name,
+            "method": d.method,
+            **d.params(),
+            "draft": d.draft,
+            "heads": d.heads,
+            "kind": "decoder",
+            "utt_id": u.utt_id,
+            "speaker": u.speaker,
+            "repeat": rep,
+            "seed": seed,
+            "text": u.text,
+            **stats.to_row(),
+            **m.resources.group_stats(d),
+            "audio_seconds": audio_seconds,
+            "decode_seconds": decode_seconds,
+            "e2e_seconds": stats.lm_seconds + decode_seconds,
+            "lm_rtf": stats.lm_seconds / audio_seconds if audio_seconds else None,
+            "e2e_rtf": (stats.lm_seconds + decode_seconds) / audio_seconds if audio_seconds else None,
+            "audio": str(audio_relative_path(d.name, u.utt_id, rep)),
+            "prompt_audio": str(PromptCache.relative_path(u)),
+            "ref_audio": str(u.audio_path(self.root)),
+            **self.common,
+        }
+        return ItemResult(row, (wav, sr), tokens.numpy().astype(np.int32))  # tokens: for stress tests and re-decoding
+
+    def _reference(self, job: GenJob) -> ItemResult:
+        m, u, name = self.m, job.utt, job.decoder
+        self.prompts.tokens(u)  # the prompt clip goes to the writer too (SIM needs it)
+        ref_path = u.audio_path(self.root)
+        clip = codes = None
+        if name == "ground_truth":
+            audio_rel, seconds = str(ref_path.resolve()), float(u.duration)
+        else:
+            wav, sr = read_audio(ref_path)
+            codes = m.codec.encode(wav, sr)
+            if name == TEACHER_FORCED:
+                codes = teacher_forced_tokens(m.target, self.prompts.context(u), codes)
+            clip = m.codec.decode(codes)
+            audio_rel, seconds = str(audio_relative_path(name, u.utt_id, 0)), len(clip[0]) / clip[1]
+        row = {
+            "decoder": name,
+            "method": name,
+            "kind": "reference",
+            "utt_id": u.utt_id,
+            "speaker": u.speaker,
+            "repeat": 0,
+            "seed": None,
+            "text": u.text,
+            "audio_seconds": seconds,
+            "audio": audio_rel,
+            "prompt_audio": str(PromptCache.relative_path(u)),
+            "ref_audio": str(ref_path),
+            **self.common,
+        }
+        return ItemResult(row, clip, codes.numpy().astype(np.int32) if codes is not None else None)
+
+
+def write_item(out: Path, res: ItemResult) -> None:
+    """The driver's write of one generated row: prompt clip (once), clip and tokens, then the fsynced row.
+
+    The row is appended last, so a row in ``records.jsonl`` always has its files; a crash before that
+    leaves at most orphan files that the rerun overwrites.
+    """
+    if res.prompt is not None:
+        prompt = out / res.row["prompt_audio"]
+        if not prompt.is_file():
+            write_audio(prompt, *res.prompt)
+    if res.audio is not None:
+        audio = out / res.row["audio"]
+        write_audio(audio, *res.audio)
+        if res.tokens is not None:
+            np.save(audio.with_suffix(".tokens.npy"), res.tokens)
+    append_jsonl(out / "records.jsonl", res.row)
+
+
+def _env_of(pool: Any, envs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``env.json`` of a session: the first worker's environment, the shard count and (sharded) every worker."""
+    env = {**envs[0], "shards": pool.shards}
+    workers = pool.workers()
+    if workers:
+        env["workers"] = [{**w, "device": e["device"], "device_name": e["device_name"]} for w, e in zip(workers, envs, strict=True)]
+    return env
+
+
+def _worker_run_config(cfg: RunConfig, gpu: bool) -> RunConfig:
+    """The config a generation shard uses: its device as Ray shows it, and one torch thread on CPU unless ``threads`` is set."""
+    from specbench.bench.shards import worker_device
+
+    return cfg.model_copy(update={"device": worker_device(cfg.device, gpu), "threads": cfg.threads if gpu else (cfg.threads or 1)})
+
+
+def generate_step(cfg: RunConfig, out: Path, log: Log = print, shards: int = 1, ray_address: str | None = None) -> int:
+    """Generate every missing (decoder, utterance, repeat) row (and reference row); returns the number of new rows.
+
+    ``shards > 1`` (or a ``ray_address``) spreads the rows over Ray workers (:mod:`specbench.bench.shards`);
+    the rows, the files and the resume rules are the same, and this process still writes everything.
+    """
+    from specbench.bench.shards import open_pool, raise_failures, wants_gpu
+
+    plan = plan_generation(cfg, out, log)
+    if not plan.jobs:
+        log(f"generation: all {len(plan.items) * len(cfg.decoders) * cfg.repeats} rows already in {out / 'records.jsonl'}")
         return 0
-    m = load_models(cfg)
-    write_env(out, capture_env(m.device, cfg.seed, describe_models(m)))
-    prompts = PromptCache(manifest, m.codec, cfg.corpus.prompt_seconds, out)
-    sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
-    common = {"codec_id": m.codec.id, "model": m.target.id, "device": str(m.device), "sampling": cfg.sampling.model_dump()}
-    rate = m.codec.frame_rate
-
-    if jobs and cfg.warmup:
-        first = prompts.context(jobs[0][1])
-        for d in cfg.decoders:  # warm-up runs (allocator, caches, lazy init) are discarded
-            for _ in range(cfg.warmup):
-                decode_one(m, d, first, sampling, min(50, token_budget(cfg, 10, rate)), 0)
-
     new = 0
-    with _progress() as progress:
-        task = progress.add_task("generating", total=len(jobs) + len(refs))
-        for rep, u, d in jobs:
-            progress.update(task, description=f"{d.name} {u.utt_id}")
-            seed = item_seed(cfg.seed, u.utt_id, rep)
-            tokens, stats = decode_one(m, d, prompts.context(u), sampling, token_budget(cfg, text_length(u), rate), seed)
-            t0 = time.perf_counter()
-            wav, sr = m.codec.decode(tokens)
-            decode_seconds = time.perf_counter() - t0
-            audio = out / "audio" / d.name / f"{u.utt_id}.r{rep}.wav"
-            write_audio(audio, wav, sr)
-            np.save(audio.with_suffix(".tokens.npy"), tokens.numpy().astype(np.int32))  # for stress tests and re-decoding
-            audio_seconds = len(wav) / sr
-            row = {
-                "decoder": d.name,
-                "method": d.method,
-                **d.params(),
-                "draft": d.draft,
-                "heads": d.heads,
-                "kind": "decoder",
-                "utt_id": u.utt_id,
-                "speaker": u.speaker,
-                "repeat": rep,
-                "seed": seed,
-                "text": u.text,
-                **stats.to_row(),
-                **m.resources.group_stats(d),
-                "audio_seconds": audio_seconds,
-                "decode_seconds": decode_seconds,
-                "e2e_seconds": stats.lm_seconds + decode_seconds,
-                "lm_rtf": stats.lm_seconds / audio_seconds if audio_seconds else None,
-                "e2e_rtf": (stats.lm_seconds + decode_seconds) / audio_seconds if audio_seconds else None,
-                "audio": str(audio.relative_to(out)),
-                "prompt_audio": str(prompts.path(u).relative_to(out)),
-                "ref_audio": str(u.audio_path(manifest.root)),
-                **common,
-            }
-            append_jsonl(out / "records.jsonl", row)
-            new += 1
-            progress.advance(task)
-        for u, name in refs:
-            progress.update(task, description=f"{name} {u.utt_id}")
-            prompts.tokens(u)  # makes sure the prompt file exists for SIM
-            ref_path = u.audio_path(manifest.root)
-            if name == "ground_truth":
-                audio_rel, seconds = str(ref_path.resolve()), float(u.duration)
-            else:
-                wav, sr = read_audio(ref_path)
-                codes = m.codec.encode(wav, sr)
-                if name == TEACHER_FORCED:
-                    codes = teacher_forced_tokens(m.target, prompts.context(u), codes)
-                rt, rsr = m.codec.decode(codes)
-                audio = out / "audio" / name / f"{u.utt_id}.r0.wav"
-                write_audio(audio, rt, rsr)
-                np.save(audio.with_suffix(".tokens.npy"), codes.numpy().astype(np.int32))  # as for decoders
-                audio_rel, seconds = str(audio.relative_to(out)), len(rt) / rsr
-            append_jsonl(
-                out / "records.jsonl",
-                {
-                    "decoder": name,
-                    "method": name,
-                    "kind": "reference",
-                    "utt_id": u.utt_id,
-                    "speaker": u.speaker,
-                    "repeat": 0,
-                    "seed": None,
-                    "text": u.text,
-                    "audio_seconds": seconds,
-                    "audio": audio_rel,
-                    "prompt_audio": str(prompts.path(u).relative_to(out)),
-                    "ref_audio": str(ref_path),
-                    **common,
-                },
-            )
-            new += 1
-            progress.advance(task)
+    with open_pool(
+        ItemGenerator,
+        (cfg, plan.manifest, shards),
+        shards,
+        ray_address,
+        gpu=lambda res: wants_gpu(cfg.device, res),
+        worker_args=lambda gpu: (_worker_run_config(cfg, gpu), plan.manifest, shards),
+        threads=lambda gpu: cfg.threads if gpu else (cfg.threads or 1),
+        what="generation",
+    ) as pool:
+        write_env(out, _env_of(pool, pool.call_all("environment")))
+        if pool.workers():
+            log(f"generation: {len(plan.jobs)} missing rows on {pool.shards} shards (Ray workers)")
+        pool.call_all("warm_up", plan.warmup_utt)
+        with _progress() as progress:
+            task = progress.add_task("generating", total=len(plan.jobs))
+            local = not pool.workers()  # one process: show the row being made; sharded: the row just written
+            for job, res in pool.imap(
+                "generate_item",
+                plan.jobs,
+                on_start=(lambda j: progress.update(task, description=f"{j.decoder} {j.utt.utt_id}")) if local else None,
+                report=lambda line: progress.console.print(line, markup=False, highlight=False, soft_wrap=True),
+            ):
+                write_item(out, res)
+                new += 1
+                progress.update(task, advance=1, **({} if local else {"description": f"{job.decoder} {job.utt.utt_id}"}))
+        failures, unstarted = pool.failures, pool.unstarted
     log(f"generation: {new} new rows in {out / 'records.jsonl'}")
+    raise_failures("generation", failures, unstarted, new)
     return new
 
 
@@ -407,9 +568,80 @@ def scorer_ids(cfg: RunConfig) -> dict[str, str]:
     }
 
 
-def score_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
-    """Add WER/CER/SIM rows for every record not yet scored by this scorer; returns rows added."""
-    from specbench.scoring import build_asr, build_speaker
+class ItemScorer:
+    """ASR + speaker model of one process — the run's own, or one shard's — scoring chunks of records.
+
+    Builds the backends once (their weights load on first use). Writes nothing: it gets the audio as
+    arrays and returns score rows for the driver to append. :meth:`set_prompts` gives it every prompt's
+    embedding (SIM, and SIM-other against the OTHER speakers' prompts) before the first chunk.
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from specbench.scoring import build_asr, build_speaker
+
+        self.cfg = cfg
+        self.asr, self.spk = build_asr(cfg.scoring.asr), build_speaker(cfg.scoring.speaker)
+        self.ids = scorer_ids(cfg)
+        self.scorer = "|".join(self.ids.values())
+        self.prompt_emb: dict[str, np.ndarray] = {}
+        self.prompt_spk: dict[str, str] = {}
+
+    def scorer_ids(self) -> dict[str, str]:
+        return self.ids
+
+    def embed_prompts(self, clips: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        """Speaker embeddings of prompt clips."""
+        return [self.spk.embed(wav, sr) for wav, sr in clips]
+
+    def set_prompts(self, emb: dict[str, np.ndarray], spk: dict[str, str]) -> None:
+        """Every prompt's embedding and speaker, by the records' ``prompt_audio``."""
+        self.prompt_emb, self.prompt_spk = emb, spk
+
+    def score_chunk(self, part: list[dict[str, Any]], clips: list[tuple[np.ndarray, int] | None]) -> list[dict[str, Any]]:
+        """Score rows of ``part`` (clips in the same order; None = an empty clip): one ASR call per chunk."""
+        hyps = iter(_transcribe_chunk(self.asr, [c for c in clips if c is not None]))
+        rows = []
+        for r, clip in zip(part, clips, strict=True):
+            wav, sr = clip if clip is not None else (None, 0)
+            hyp = next(hyps) if clip is not None else ""
+            rows.append(_score_row(r, wav, sr, hyp, self.cfg, self.ids, self.scorer, self.spk, self.prompt_emb, self.prompt_spk))
+        return rows
+
+
+def _worker_score_config(cfg: RunConfig, gpu: bool) -> RunConfig:
+    """The config a scoring shard uses: ASR and speaker devices as Ray shows them (``cuda:N`` → ``cuda``)."""
+    from specbench.bench.shards import worker_device
+
+    sc = cfg.scoring
+    scoring = sc.model_copy(
+        update={
+            "asr": sc.asr.model_copy(update={"device": worker_device(sc.asr.device, gpu)}),
+            "speaker": sc.speaker.model_copy(update={"device": worker_device(sc.speaker.device, gpu)}),
+        }
+    )
+    return cfg.model_copy(update={"scoring": scoring})
+
+
+def _chunks(seq: list[Any], size: int) -> list[list[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+PROMPT_CHUNK = 8  # prompt clips per embedding item (sharded: the unit handed to a worker)
+
+
+def _describe_part(part: list[dict[str, Any]]) -> str:
+    r = part[0]
+    more = f" (and {len(part) - 1} more rows of its ASR batch)" if len(part) > 1 else ""
+    return f"decoder {r['decoder']}, utt_id {r['utt_id']}, repeat {r['repeat']}{more}"
+
+
+def score_step(cfg: RunConfig, out: Path, log: Log = print, shards: int = 1, ray_address: str | None = None) -> int:
+    """Add WER/CER/SIM rows for every record not yet scored by this scorer; returns rows added.
+
+    ``shards > 1`` (or a ``ray_address``): the prompt embeddings and the ASR chunks are spread over Ray
+    workers (an ASR + speaker model each); this process reads the clips, sends them, and appends the rows.
+    """
+    from specbench.bench.shards import open_pool, raise_failures, wants_gpu
 
     if not cfg.scoring.enabled:
         log("scoring disabled (scoring.enabled: false)")
@@ -417,41 +649,77 @@ def score_step(cfg: RunConfig, out: Path, log: Log = print) -> int:
     records = load_records(out)
     if not records:
         raise RunStateError(f"no generated rows in {out}: run `specbench generate` (or `specbench run`) first")
-    asr, spk = build_asr(cfg.scoring.asr), build_speaker(cfg.scoring.speaker)
-    ids = scorer_ids(cfg)
-    scorer = "|".join(ids.values())
     score_path = out / "scores.jsonl"
-    done = {(r["key"], r["scorer"]) for r in read_jsonl(score_path)} if score_path.is_file() else set()
-    todo = [r for r in records if (record_key(r["decoder"], r["utt_id"], r["repeat"]), scorer) not in done]
-    if not todo:
-        log(f"scoring: all {len(records)} rows already scored by {scorer}")
-        return 0
-    # one embedding per distinct prompt; SIM-other compares against prompts of the OTHER speakers
-    prompt_emb: dict[str, np.ndarray] = {}
-    prompt_spk: dict[str, str] = {}
-    for r in records:
-        if r["prompt_audio"] not in prompt_emb:
-            wav, sr = read_audio(resolve_audio(out, r["prompt_audio"]))
-            prompt_emb[r["prompt_audio"]] = spk.embed(wav, sr)
-            prompt_spk[r["prompt_audio"]] = r["speaker"]
-    added = 0
-    # clips go to the ASR in chunks of batch_size (the transformers backend batches them; the others
-    # take batch_size 1); rows are still appended one by one, so an interruption loses at most a chunk
-    chunk = max(1, cfg.scoring.asr.batch_size)
-    with _progress() as progress:
-        task = progress.add_task("scoring", total=len(todo))
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            progress.update(task, description=f"scoring {part[0]['decoder']} {part[0]['utt_id']}")
-            # a decoder that emitted no token (EOS first) wrote an empty clip: nothing to transcribe or embed
-            audio = [read_audio(resolve_audio(out, r["audio"])) if r.get("audio_seconds") != 0 else None for r in part]
-            hyps = iter(_transcribe_chunk(asr, [a for a in audio if a is not None]))
-            for r, clip in zip(part, audio, strict=True):
-                wav, sr = clip if clip is not None else (None, 0)
-                _score_row(r, wav, sr, next(hyps) if clip is not None else "", cfg, ids, scorer, spk, prompt_emb, prompt_spk, score_path)
-                added += 1
-                progress.advance(task)
+    sc = cfg.scoring
+    with open_pool(
+        ItemScorer,
+        (cfg,),
+        shards,
+        ray_address,
+        gpu=lambda res: wants_gpu(sc.asr.device, res) or wants_gpu(sc.speaker.device, res),
+        worker_args=lambda gpu: (_worker_score_config(cfg, gpu),),
+        threads=lambda gpu: None if gpu else 1,
+        what="scoring",
+    ) as pool:
+        scorer = "|".join(pool.call_all("scorer_ids")[0].values())
+        done = {(r["key"], r["scorer"]) for r in read_jsonl(score_path)} if score_path.is_file() else set()
+        todo = [r for r in records if (record_key(r["decoder"], r["utt_id"], r["repeat"]), scorer) not in done]
+        if not todo:
+            log(f"scoring: all {len(records)} rows already scored by {scorer}")
+            return 0
+        # one embedding per distinct prompt; SIM-other compares against prompts of the OTHER speakers
+        prompt_spk: dict[str, str] = {}
+        for r in records:
+            prompt_spk.setdefault(r["prompt_audio"], r["speaker"])
+        prompt_emb: dict[str, np.ndarray] = {}
+        added = 0
+        if pool.workers():
+            log(f"scoring: {len(todo)} rows (and {len(prompt_spk)} speaker prompts) on {pool.shards} shards (Ray workers)")
+        with _progress() as progress:
+
+            def report(line: str) -> None:
+                progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+            task = progress.add_task("speaker prompts", total=len(prompt_spk))
+            for paths, embs in pool.imap(
+                "embed_prompts",
+                _chunks(list(prompt_spk), PROMPT_CHUNK),
+                args=lambda paths: ([read_audio(resolve_audio(out, p)) for p in paths],),
+                describe=lambda paths: f"speaker prompt {paths[0]}" + (f" (and {len(paths) - 1} more)" if len(paths) > 1 else ""),
+                report=report,
+            ):
+                prompt_emb.update(zip(paths, embs, strict=True))
+                progress.advance(task, len(paths))
+            prompt_emb = {p: prompt_emb[p] for p in prompt_spk if p in prompt_emb}  # record order: SIM-other sums in one order
+            if len(prompt_emb) < len(prompt_spk):  # a worker failed on a prompt: no row can get its SIM-other
+                failures, unstarted = pool.failures, pool.unstarted
+            else:
+                pool.call_all("set_prompts", prompt_emb, prompt_spk)
+                # clips go to the ASR in chunks of batch_size (the transformers backend batches them; the others
+                # take batch_size 1); rows are appended chunk by chunk, so an interruption loses at most a chunk.
+                # The chunks are the same however many shards run, so batched transcripts do not depend on it.
+                task = progress.add_task("scoring", total=len(todo))
+                local = not pool.workers()  # one process: show the chunk being scored; sharded: the one just written
+
+                def label(part: list[dict[str, Any]]) -> str:
+                    return f"scoring {part[0]['decoder']} {part[0]['utt_id']}"
+
+                for part, rows in pool.imap(
+                    "score_chunk",
+                    _chunks(todo, max(1, cfg.scoring.asr.batch_size)),
+                    # a decoder that emitted no token (EOS first) wrote an empty clip: nothing to transcribe or embed
+                    args=lambda part: (part, [read_audio(resolve_audio(out, r["audio"])) if r.get("audio_seconds") != 0 else None for r in part]),
+                    describe=_describe_part,
+                    on_start=(lambda part: progress.update(task, description=label(part))) if local else None,
+                    report=report,
+                ):
+                    for row in rows:
+                        append_jsonl(score_path, row)
+                    added += len(rows)
+                    progress.update(task, advance=len(part), **({} if local else {"description": label(part)}))
+                failures, unstarted = pool.failures, pool.unstarted
     log(f"scoring: {added} new rows in {score_path}")
+    raise_failures("scoring", failures, unstarted, added)
     return added
 
 
@@ -476,16 +744,15 @@ def _score_row(
     spk: Any,
     prompt_emb: dict[str, np.ndarray],
     prompt_spk: dict[str, str],
-    score_path: Path,
-) -> None:
-    """Score one record (WER/CER from ``hyp``, SIM and SIM-other) and append its row to the journal."""
+) -> dict[str, Any]:
+    """Score one record (WER/CER from ``hyp``, SIM and SIM-other): its ``scores.jsonl`` row."""
     from specbench.scoring.speaker import cosine
     from specbench.scoring.wer import utterance_wer
 
     w = utterance_wer(r["text"], hyp, cfg.scoring.normalizer)
     emb = spk.embed(wav, sr) if wav is not None else None  # an empty clip: WER 1 (all deletions), no SIM
     others = [cosine(emb, e) for p, e in prompt_emb.items() if prompt_spk[p] != r["speaker"]] if emb is not None else []
-    row = {
+    return {
         "key": record_key(r["decoder"], r["utt_id"], r["repeat"]),
         "scorer": scorer,
         **ids,
@@ -499,20 +766,43 @@ def _score_row(
         "sim": cosine(emb, prompt_emb[r["prompt_audio"]]) if emb is not None else None,
         "sim_other": float(np.mean(others)) if (others and cfg.scoring.cross_speaker) else None,
     }
-    append_jsonl(score_path, row)
 
 
-def run(cfg: RunConfig, steps: tuple[str, ...] = ("generate", "score", "report"), log: Log = print) -> Path:
-    """Run the requested steps of a recipe; returns the run folder."""
+def run(
+    cfg: RunConfig,
+    steps: tuple[str, ...] = ("generate", "score", "report"),
+    log: Log = print,
+    shards: int = 1,
+    ray_address: str | None = None,
+) -> Path:
+    """Run the requested steps of a recipe; returns the run folder.
+
+    ``shards``/``ray_address``: see :func:`generate_step`. Rows that failed on a worker do not stop the
+    later steps (they score and report the finished rows); the WorkerError is raised at the end.
+    """
     from specbench.bench.report import report_step
+    from specbench.bench.shards import session
+    from specbench.errors import WorkerError
 
     out = cfg.resolved_output_dir()
-    if "generate" in steps:
-        generate_step(cfg, out, log)
-    if "score" in steps:
-        score_step(cfg, out, log)
-    if "report" in steps:
+    failed: list[WorkerError] = []
+    nothing = False
+    with session(shards, ray_address):  # one Ray connection for all steps
+        if "generate" in steps:
+            try:
+                generate_step(cfg, out, log, shards, ray_address)
+            except WorkerError as exc:
+                failed.append(exc)
+        nothing = bool(failed) and not load_records(out)  # every generated row failed: nothing to score or report
+        if "score" in steps and not nothing:
+            try:
+                score_step(cfg, out, log, shards, ray_address)
+            except WorkerError as exc:
+                failed.append(exc)
+    if "report" in steps and not nothing:
         report_step(out, cfg, log)
+    if failed:
+        raise WorkerError(" | ".join(str(e) for e in failed))
     return out
 
 
