@@ -47,10 +47,11 @@ quickstart:
 lint:
 	$(BIN)/ruff check specbench tests
 
-# Speed of baseline vs SD vs SSD in one process (ratios, loop overhead, verify cost); not a test. The second
+# Speed of baseline vs SD vs SSD in one process (ratios, loop overhead, verify cost, cost-model bound), on the
+# eager and the compiled decode path (model.compile); also writes results/bench-cpu.csv; not a test. The second
 # run times the hf-causal path on the tiny random Llasa model against transformers' own generate().
 bench:
-	$(BIN)/specbench bench recipes/bench.yaml --out results/bench-cpu.md
+	$(BIN)/specbench bench recipes/bench.yaml --set model.compile=true --out results/bench-cpu.md
 	$(BIN)/specbench bench recipes/bench_hf.yaml --out results/bench-hf-cpu.md
 
 # Rebuild the shipped files from scratch: corpus (~3 min), codec (~1 min), target model (~75 min on

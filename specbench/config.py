@@ -92,7 +92,8 @@ class ModelRef(Strict):
     (``path``; config, weights, tokenizer; nothing is downloaded) and its family template (``family``:
     a shipped name such as llasa / orpheus, or a family YAML file) that says where its speech tokens
     are, how text and the speaker prompt are laid out, and which codec decodes it. ``dtype: auto`` is
-    bfloat16 on CUDA and float32 on CPU.
+    bfloat16 on CUDA and float32 on CPU. ``compile``: the static-shape decode path (static KV cache,
+    bucketed new-token counts, torch.compile) for the target, its drafts and heads (builtin backend).
     """
 
     backend: Literal["builtin", "hf-causal"] = "builtin"
@@ -101,6 +102,7 @@ class ModelRef(Strict):
     family: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attention: Literal["sdpa", "eager"] = "sdpa"
+    compile: bool = False
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelRef:

@@ -551,3 +551,19 @@ def test_train_target_bad_config(tmp_path: Path) -> None:
     assert "d_modle" in fails("train", "target", "--set", "model.d_modle=1")
     assert "stepz" in fails("train", "target", "--set", "stepz=1")
     assert "not found" in fails("train", "target", "--config", tmp_path / "nope.yaml")
+
+
+def test_run_folder_from_an_older_schema_resumes(tiny_assets, tmp_path) -> None:
+    """A run.json written before fields were added to codec/model (no backend, no semantic_path...) still
+    matches the same recipe today: the rerun resumes instead of refusing the folder."""
+    out = tmp_path / "old"
+    recipe = tiny_recipe(tiny_assets, out, scoring={"enabled": False})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert invoke("run", str(path)).exit_code == 0
+    run_json = json.loads((out / "run.json").read_text())
+    run_json["fingerprint"]["model"] = {"checkpoint": recipe["model"]["checkpoint"]}
+    run_json["fingerprint"]["codec"] = {k: recipe["codec"][k] for k in ("kind", "path")} | {"bandwidth": 1.5}
+    (out / "run.json").write_text(json.dumps(run_json))
+    res = invoke("run", str(path))
+    assert res.exit_code == 0 and "already in" in res.output

@@ -121,7 +121,29 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     dump = cfg.model_dump(mode="json")
     fp = {k: dump[k] for k in FINGERPRINT_KEYS}
     fp["corpus"] = {k: v for k, v in fp["corpus"].items() if k != "limit"}
+    fp["model"] = {k: v for k, v in fp["model"].items() if k != "compile"}  # compiled == eager tokens (tests/test_compile.py)
     return fp
+
+
+def current_fingerprint(old: dict[str, Any]) -> dict[str, Any]:
+    """A stored fingerprint read through TODAY's schema: sections gain the fields added since (with their
+    defaults), so a run folder made before a schema addition still resumes under the same recipe."""
+    from pydantic import ValidationError
+
+    from specbench.config import CodecConfig, CorpusConfig, ModelRef, SamplingConfig
+
+    out = dict(old)
+    for key, model in (("corpus", CorpusConfig), ("codec", CodecConfig), ("model", ModelRef), ("sampling", SamplingConfig)):
+        if isinstance(old.get(key), dict):
+            try:
+                out[key] = model.model_validate(old[key]).model_dump(mode="json")
+            except ValidationError:
+                continue
+    if isinstance(out.get("corpus"), dict):
+        out["corpus"] = {k: v for k, v in out["corpus"].items() if k != "limit"}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "compile"}
+    return out
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path) -> None:
@@ -130,7 +152,7 @@ def prepare_run_dir(cfg: RunConfig, out: Path) -> None:
     run_json = out / "run.json"
     fp = fingerprint(cfg)
     if run_json.is_file():
-        old = json.loads(run_json.read_text())["fingerprint"]
+        old = current_fingerprint(json.loads(run_json.read_text())["fingerprint"])
         changed = [f"{k}" for k in FINGERPRINT_KEYS if old.get(k) != fp.get(k)]
         if changed and (out / "records.jsonl").is_file():
             raise RunStateError(

@@ -134,6 +134,11 @@ class HeadsProposer:
         ]
         self._parents = torch.tensor(shape.parents, device=dev)
         self._ranks = torch.tensor(shape.ranks, device=dev)
+        # plain top-k heads: every node's token in one function of h, compiled with the target's
+        # ``model.compile`` (so heads and target run the same kind of path); one compiled function per
+        # (heads, shape), shared by the proposers of every utterance
+        self.compiled = bool(getattr(target, "compile", False)) and not heads.cfg.autoregressive
+        self._topk_nodes = _compiled_topk(self) if self.compiled else self._topk_nodes_eager
 
     def begin(self, ctx: Context, first_token: int, capacity: int) -> None:
         self.calls = 0
@@ -153,12 +158,8 @@ class HeadsProposer:
         if self.sampled:
             return self._propose_sampled(tokens, h, sampling, generator)
         if not self.heads.cfg.autoregressive:
-            # one evaluation per depth serves every node of that depth
-            for nodes, d, width in self._levels:
-                logits = self.heads.head_logits(h, d - 1)[0]
-                self.calls += 1
-                top = torch.topk(logits, width).indices
-                tokens[nodes] = top[self._ranks[nodes]]
+            tokens[1:] = self._topk_nodes(h)
+            self.calls += len(self._levels)
             return Proposal(self.shape, tokens, None, sampled=False)
         for nodes, d, width in self._levels:
             par = self._parents[nodes]
@@ -168,6 +169,16 @@ class HeadsProposer:
             top = torch.topk(logits, width, dim=-1).indices  # [parents, R]
             tokens[nodes] = top[inverse, self._ranks[nodes]]
         return Proposal(self.shape, tokens, None, sampled=False)
+
+    def _topk_nodes_eager(self, h: torch.Tensor) -> torch.Tensor:
+        """Tokens of nodes ``1..n-1`` for plain heads: one evaluation per depth serves every node of that
+        depth (nodes are ordered by depth, so the levels concatenate in node order)."""
+        parts = []
+        for nodes, d, width in self._levels:
+            logits = self.heads.head_logits(h, d - 1)[0]
+            top = torch.topk(logits, width).indices
+            parts.append(top[self._ranks[nodes]])
+        return torch.cat(parts)
 
     def _propose_sampled(self, tokens: torch.Tensor, h: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
         """Each node's token ~ q of its head given its parent (one head call per depth and distinct parent)."""
@@ -188,3 +199,42 @@ class HeadsProposer:
 
     def commit(self, path: list[int], token: int) -> None:
         """Nothing to roll back: the next round starts from the target's hidden state."""
+
+
+class _CompiledTopk:
+    """The compiled ``_topk_nodes_eager`` of one (heads, shape); ``compile_seconds``: its first call."""
+
+    def __init__(self, proposer: HeadsProposer) -> None:
+        from specbench.models.static_lm import compile_fn
+
+        self.proposer = proposer  # the first proposer of this key: its buffers are the graph's constants
+        self.fn = compile_fn(proposer._topk_nodes_eager, proposer.target.device)
+        self.compile_seconds = 0.0
+        self._warm = False
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        if self._warm:
+            return self.fn(h)
+        import time
+
+        t0 = time.perf_counter()
+        out = self.fn(h)
+        self.compile_seconds += time.perf_counter() - t0
+        self._warm = True
+        return out
+
+
+_TOPK_CACHE: dict[tuple[int, TreeShape], tuple[DraftHeads, _CompiledTopk]] = {}
+
+
+def _compiled_topk(p: HeadsProposer) -> _CompiledTopk:
+    key = (id(p.heads), p.shape)
+    hit = _TOPK_CACHE.get(key)
+    if hit is None or hit[0] is not p.heads:
+        hit = _TOPK_CACHE[key] = (p.heads, _CompiledTopk(p))  # holding the heads keeps id() unique
+    return hit[1]
+
+
+def heads_compile_seconds() -> float:
+    """Seconds spent compiling heads functions so far (first calls of each (heads, shape))."""
+    return sum(c.compile_seconds for _, c in _TOPK_CACHE.values())

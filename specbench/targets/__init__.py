@@ -24,11 +24,15 @@ __all__ = ["BACKENDS", "Context", "TargetCache", "TargetModel", "load_draft", "l
 def _load_builtin(ref: ModelRef, device: torch.device) -> TargetModel:
     from specbench.targets.builtin import load_builtin
 
-    return load_builtin(ref.checkpoint, device)
+    return load_builtin(ref.checkpoint, device, compile=ref.compile)
 
 
 def _load_hf(ref: ModelRef, device: torch.device) -> TargetModel:
+    from specbench.errors import ConfigError
     from specbench.targets.hf_causal import load_hf_causal
+
+    if ref.compile:
+        raise ConfigError("model.compile is implemented for backend: builtin only so far: set model.compile: false for hf-causal targets")
 
     return load_hf_causal(ref.path or "", ref.family or "", device, dtype=ref.dtype, attention=ref.attention)
 
@@ -44,11 +48,12 @@ def load_target(ref: ModelRef, device: torch.device | str) -> TargetModel:
 def load_draft(spec: str, target: TargetModel, ref: ModelRef, device: torch.device | str) -> TargetModel:
     """A draft model for ``target``: for ``builtin`` a codec-lm checkpoint; for ``hf-causal`` a local
     model directory of the same family (e.g. Llasa-1B for Llasa-8B) or ``layers:N`` (the target's
-    first N layers with its own embeddings, final norm and head, sharing the target's weights)."""
+    first N layers with its own embeddings, final norm and head, sharing the target's weights).
+    ``ref.compile`` applies to the draft as to the target (the same decode path for both)."""
     if ref.backend == "builtin":
         from specbench.targets.builtin import load_builtin
 
-        return load_builtin(spec, device)
+        return load_builtin(spec, device, compile=ref.compile)
     from specbench.targets.hf_causal import HFCausalTarget, load_hf_causal
 
     assert isinstance(target, HFCausalTarget)

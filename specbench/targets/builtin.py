@@ -4,6 +4,10 @@
 The built-in model reads espeak-ng phonemes (``Context.phonemes``), ignores the prompt transcript, and
 its output head already covers speech space (codec tokens + EOS), so the adapter is a thin veneer: it
 converts node depths into the model's speech positions and keeps the model's preallocated cache.
+
+``path`` picks the decode path: ``eager`` (the model's own forward and growing cache), ``static``
+(specbench/models/static_lm.py: static KV cache, bucketed new-token counts, masked full-capacity
+attention, run eagerly) or ``compiled`` (the static path through torch.compile; ``model.compile: true``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from specbench.codec.base import SpeechCodec
 from specbench.errors import ModelError
 from specbench.models.codec_lm import CodecLM, KVCache, count_parameters
+from specbench.models.static_lm import StaticDecoder, StaticKVCache
 from specbench.targets.base import Context
 from specbench.text import encode_phonemes
 
@@ -29,8 +34,13 @@ class BuiltinTarget:
 
     backend = "builtin"
 
-    def __init__(self, model: CodecLM, spec: str, checkpoint: dict[str, Any] | None = None) -> None:
+    def __init__(self, model: CodecLM, spec: str, checkpoint: dict[str, Any] | None = None, path: str = "eager") -> None:
+        if path not in ("eager", "static", "compiled"):
+            raise ValueError(f"decode path must be eager, static or compiled, not {path!r}")
         self.model = model
+        self.path = path
+        self.compile = path == "compiled"
+        self.static = StaticDecoder(model, compile=self.compile) if path != "eager" else None
         self.spec = str(spec)
         self.checkpoint = checkpoint or {}
         self.id = self.spec
@@ -46,17 +56,29 @@ class BuiltinTarget:
     def device(self) -> torch.device:
         return self._device
 
-    def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache | StaticKVCache]:
         """``[phonemes][SEP][prompt tokens]`` into a fresh cache preallocated for ``capacity`` more tokens."""
         text, prompt = phoneme_ids(ctx).to(self._device), ctx.prompt_tokens.to(self._device)
-        return self.model.prefill(text, prompt, capacity=text.numel() + 1 + prompt.numel() + capacity)
+        cap = text.numel() + 1 + prompt.numel() + capacity
+        if self.static is not None:
+            return self.static.prefill(text, prompt, capacity=cap)
+        return self.model.prefill(text, prompt, capacity=cap)
 
     def step(
-        self, tokens: torch.Tensor, cache: KVCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+        self, tokens: torch.Tensor, cache: KVCache | StaticKVCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Speech position of node i = cached speech tokens + depth[i] (consecutive without ``depths``)."""
         positions = None if depths is None else cache.speech_len + depths
+        if self.static is not None:
+            assert isinstance(cache, StaticKVCache), "a static decode path needs the cache of its own prefill"
+            return self.static.step(tokens, cache, positions=positions, tree_mask=tree_mask)
+        assert isinstance(cache, KVCache)
         return self.model(tokens, cache, positions=positions, tree_mask=tree_mask)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall seconds spent in calls that built a new compiled graph (0 on the eager paths' first calls too)."""
+        return self.static.compile_seconds if self.static is not None and self.compile else 0.0
 
     def score(self, ctx: Context, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass over ``[text][SEP][prompt][codes]``; rows from the last prompt slot on."""
@@ -85,20 +107,27 @@ class BuiltinTarget:
             raise ModelError(f"model {self.spec} has vocabulary {self.speech_vocab} but codec {codec.id} has {codec.vocab_size}: use matching files")
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.backend, "checkpoint": self.spec, "parameters": count_parameters(self.model), "dtype": str(self.model.head.weight.dtype)}
+        return {
+            "backend": self.backend,
+            "checkpoint": self.spec,
+            "parameters": count_parameters(self.model),
+            "dtype": str(self.model.head.weight.dtype),
+            "decode_path": self.path,
+        }
 
 
-def load_builtin(spec: str, device: torch.device | str = "cpu") -> BuiltinTarget:
-    """A ``codec-lm`` checkpoint (``builtin:NAME`` or a path) as a TargetModel."""
+def load_builtin(spec: str, device: torch.device | str = "cpu", compile: bool = False) -> BuiltinTarget:
+    """A ``codec-lm`` checkpoint (``builtin:NAME`` or a path) as a TargetModel (``compile``: the
+    compiled static-shape decode path)."""
     from specbench.models.lm_io import load_lm
 
     model, ckpt = load_lm(spec, device)
-    return BuiltinTarget(model, spec, ckpt)
+    return BuiltinTarget(model, spec, ckpt, path="compiled" if compile else "eager")
 
 
-def as_target(model: CodecLM | BuiltinTarget, spec: str = "in-memory") -> BuiltinTarget:
+def as_target(model: CodecLM | BuiltinTarget, spec: str = "in-memory", path: str = "eager") -> BuiltinTarget:
     """A bare CodecLM (tests, training scripts) as a TargetModel; a TargetModel is returned unchanged."""
-    return model if isinstance(model, BuiltinTarget) else BuiltinTarget(model, spec)
+    return model if isinstance(model, BuiltinTarget) else BuiltinTarget(model, spec, path=path)
 
 
 def context_from_ids(text_ids: torch.Tensor, prompt: torch.Tensor) -> Context:
