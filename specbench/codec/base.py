@@ -27,3 +27,18 @@ class SpeechCodec(Protocol):
     def encode(self, wav: np.ndarray, sr: int) -> torch.Tensor: ...
 
     def decode(self, tokens: torch.Tensor) -> tuple[np.ndarray, int]: ...
+
+
+def mono_at(wav: np.ndarray, sr: int, rate: int, codec: str) -> np.ndarray:
+    """The encoder input every neural codec needs: a mono float32 waveform resampled from ``sr`` to ``rate``.
+
+    DataError (one line, names ``codec``) for anything but a 1-D waveform; empty input stays empty (the
+    caller returns no tokens).
+    """
+    from specbench.audio import resample
+    from specbench.errors import DataError
+
+    x = np.asarray(wav, dtype=np.float32)
+    if x.ndim != 1:
+        raise DataError(f"{codec} encode expects a mono 1-D waveform, got shape {x.shape}: average the channels first")
+    return resample(x, sr, rate)

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from specbench.audio import resample
 from specbench.codec._files import file_sha1, load_error, one_line
+from specbench.codec.base import mono_at
 from specbench.device import resolve_device
-from specbench.errors import ConfigError, DataError, DependencyError, ModelError
+from specbench.errors import ConfigError, DependencyError, ModelError
 
 KIND = "dac"
 _WHERE = (
@@ -128,10 +128,7 @@ class DacCodec:
         The input is resampled to the model's rate and right-padded to whole frames (``DAC.preprocess``).
         Empty input gives an empty tensor. Deterministic.
         """
-        x = np.asarray(wav, dtype=np.float32)
-        if x.ndim != 1:
-            raise DataError(f"DAC encode expects a mono 1-D waveform, got shape {x.shape}: average the channels first")
-        x = resample(x, sr, self.sample_rate)
+        x = mono_at(wav, sr, self.sample_rate, "DAC")
         if x.size == 0:
             return torch.zeros(0, dtype=torch.long)
         with torch.inference_mode():

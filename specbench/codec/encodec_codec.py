@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from specbench.audio import resample
+from specbench.codec.base import mono_at
 from specbench.device import resolve_device
-from specbench.errors import ConfigError, DataError, DependencyError, ModelError
+from specbench.errors import ConfigError, DependencyError, ModelError
 
 KIND = "encodec"
 CHECKPOINT_NAME = "encodec_24khz-d7cc33bc.th"
@@ -142,10 +142,7 @@ class EncodecCodec:
 
         The input is resampled to 24 kHz first. Empty input gives an empty tensor. Deterministic.
         """
-        x = np.asarray(wav, dtype=np.float32)
-        if x.ndim != 1:
-            raise DataError(f"EnCodec encode expects a mono 1-D waveform, got shape {x.shape}: average the channels first")
-        x = resample(x, sr, self.sample_rate)
+        x = mono_at(wav, sr, self.sample_rate, "EnCodec")
         if x.size == 0:
             return torch.zeros(0, dtype=torch.long)
         with torch.inference_mode():

@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from specbench.audio import resample
 from specbench.codec._files import check_keys, file_sha1, one_line, read_json, read_state_dict
+from specbench.codec.base import mono_at
 from specbench.device import resolve_device
-from specbench.errors import DataError, DependencyError, ModelError
+from specbench.errors import DependencyError, ModelError
 
 KIND = "snac"
 FRAME = 7  # tokens per coarse frame in Orpheus' layout
@@ -140,10 +140,7 @@ class SnacCodec:
 
         The input is resampled to the model's rate first. Empty input gives an empty tensor. Deterministic.
         """
-        x = np.asarray(wav, dtype=np.float32)
-        if x.ndim != 1:
-            raise DataError(f"SNAC encode expects a mono 1-D waveform, got shape {x.shape}: average the channels first")
-        x = resample(x, sr, self.sample_rate)
+        x = mono_at(wav, sr, self.sample_rate, "SNAC")
         if x.size == 0:
             return torch.zeros(0, dtype=torch.long)
         with torch.inference_mode():
