@@ -119,11 +119,19 @@ class ModelRef(Strict):
 
 
 class SamplingConfig(Strict):
-    """Logit transform shared by target and draft. ``temperature: 0`` means greedy (argmax)."""
+    """Logit transform shared by target and draft. ``temperature: 0`` means greedy (argmax).
+
+    ``repetition_window`` > 0 turns on repetition-aware sampling (RAS, VALL-E 2 / CosyVoice 2; methods.md
+    §7) for every decoder: a drawn token that occurs ≥ ⌈window·ratio⌉ times among the last
+    ``repetition_window`` generated tokens is redrawn from the full untempered distribution (greedy: the
+    most likely token not over that threshold). 0 = off.
+    """
 
     temperature: float = Field(default=0.0, ge=0)
     top_k: int = Field(default=0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
+    repetition_window: int = Field(default=0, ge=0)
+    repetition_ratio: float = Field(default=0.1, gt=0, le=1)
     max_tokens: int = Field(default=1500, gt=0)
     max_tokens_per_text_token: float | None = Field(default=6.0, gt=0)
 

@@ -54,7 +54,7 @@ def calibrate_tree(
     manifest = resolve_manifest(cfg, work, console.print)
     utts = select_items(manifest.utterances, cfg.corpus.limit)
     prompts = PromptCache(manifest, codec, cfg.corpus.prompt_seconds, work)
-    sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+    sampling = Sampling.from_config(cfg.sampling)
     items = [prompts.context(u) for u in utts]
     max_tokens = max(token_budget(cfg, text_length(u), codec.frame_rate) for u in utts)
     t0 = time.perf_counter()

@@ -396,7 +396,7 @@ class ItemGenerator:
         self.cfg, self.root = cfg, manifest.root
         self.m = load_models(cfg)
         self.prompts = PromptCache(manifest, self.m.codec, cfg.corpus.prompt_seconds, None)
-        self.sampling = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+        self.sampling = Sampling.from_config(cfg.sampling)
         self.decoders = {d.name: d for d in cfg.decoders}
         m = self.m
         self.common = {"codec_id": m.codec.id, "model": m.target.id, "device": str(m.device), "sampling": cfg.sampling.model_dump(), "shards": shards}

@@ -130,7 +130,7 @@ def run_bench(cfg: RunConfig, out_md: Path | None = None, console: Console | Non
     paths = _bench_paths(cfg)
     models: dict[str, Any] = {}
     compile_s: dict[str, float] = {}
-    s = Sampling(cfg.sampling.temperature, cfg.sampling.top_k, cfg.sampling.top_p)
+    s = Sampling.from_config(cfg.sampling)
     prompts = None
     for path in paths:
         t0 = time.perf_counter()

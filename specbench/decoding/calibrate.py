@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from specbench.decoding.generate import generate
-from specbench.decoding.sampling import Sampling, warp
+from specbench.decoding.sampling import Sampling, repetition_mask, warp
 from specbench.decoding.tree import TreeShape
 from specbench.decoding.tree_rules import expected_acceptance
 from specbench.targets.base import Context, TargetModel
@@ -46,7 +46,8 @@ def head_acceptance(
     """``acc [K, R]`` (mean expected acceptance of head k's rank-r candidate) and the positions used.
 
     For generated tokens x_1..x_T let H_j be the target state that predicts x_{j+1} (H_0 from the
-    prefill) and P_j = warp(LM head(H_j)). Head k at H_j proposes x_{j+2+k}; its parent on the path is
+    prefill) and P_j = warp(LM head(H_j)) (with repetition-aware sampling: p' given x_1..x_j, the
+    distribution the loop verifies against). Head k at H_j proposes x_{j+2+k}; its parent on the path is
     x_{j+1+k}, so its candidate c is judged against P_{j+1+k}. Autoregressive heads condition on
     x_{j+1+k} (the parent token along the path).
     """
@@ -66,7 +67,12 @@ def head_acceptance(
         logits0, h0, cache = target.prefill(ctx, capacity=t + 2)
         logits, hid = target.step(toks, cache)
         hidden = torch.cat([h0[None], hid]).to(hdtype)  # H_0..H_T
-        p = warp(torch.cat([logits0[None], logits]), sampling)  # P_0..P_T
+        all_logits = torch.cat([logits0[None], logits])
+        over = None
+        if sampling.repetition is not None:
+            hist = toks.tolist()
+            over = repetition_mask([hist[:j] for j in range(t + 1)], sampling, all_logits.shape[-1], dev)
+        p = warp(all_logits, sampling, over)  # P_0..P_T
         for k in range(k_heads):
             n = t - 1 - k  # positions j = 0..t-2-k keep the parent x_{j+1+k} inside the generation
             if n <= 0:

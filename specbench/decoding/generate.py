@@ -4,8 +4,10 @@ A decoder is a proposer × an acceptance rule. Each round feeds the last emitted
 the proposer's candidate nodes to the target in ONE forward (a chain causally; a tree with its tree
 mask and depth positions), gets p after every node, lets the rule pick the accepted path and emit one
 more token, and compacts the target cache to that path (a crop for chains). The autoregressive
-baseline is the same loop with no proposer: one forward, one token. Timings bracket prefill and loop
-with device synchronisation, so GPU numbers measure finished work.
+baseline is the same loop with no proposer: one forward, one token. Repetition-aware sampling
+(``sampling.repetition``, methods.md §7) is applied here to the target's distribution at every
+position: p' given the generated tokens, plus, after a candidate node, the candidates on its path.
+Timings bracket prefill and loop with device synchronisation, so GPU numbers measure finished work.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from specbench.decoding.acceptance import ChainRule
 from specbench.decoding.proposers import Proposer
-from specbench.decoding.sampling import Sampling, next_token, warp
+from specbench.decoding.sampling import Sampling, next_token, repetition_mask, tree_histories, warp
 from specbench.decoding.stats import DecodeStats
 from specbench.decoding.tree_rules import TreeRule, as_tree_rule
 from specbench.device import synchronize
@@ -78,10 +80,10 @@ def generate(
             logits, _ = target.step(step, cache)
             stats.target_seconds += _tick(profile, device) - ta
             stats.target_calls += 1
-            emitted = [next_token(logits[-1], sampling, generator)]
+            emitted = [next_token(logits[-1], sampling, generator, out)]
         else:
             ta = _tick(profile, device)
-            prop = proposer.propose(last, hidden, sampling, generator)
+            prop = proposer.propose(last, hidden, sampling, generator, out)
             tb = _tick(profile, device)
             base = cache.length
             if mask is None:
@@ -91,7 +93,11 @@ def generate(
             stats.target_seconds += _tick(profile, device) - tb
             stats.draft_seconds += tb - ta
             stats.target_calls += 1
-            verdict = tree_rule(warp(logits, sampling), prop, generator)
+            over = None
+            if sampling.repetition is not None:  # RAS: p' after node i sees out (root last) + node i's path
+                hists = tree_histories(out, prop.tokens.tolist(), prop.shape.parents, sampling)
+                over = repetition_mask(hists, sampling, logits.shape[-1], logits.device)
+            verdict = tree_rule(warp(logits, sampling, over), prop, generator)
             path = verdict.path
             if mask is None:
                 cache.crop(base + 1 + len(path))  # keep the root and the accepted drafts

@@ -1,9 +1,11 @@
 """Proposers: what drafts candidate tokens for the target to verify.
 
 Contract: ``begin(ctx, first_token, capacity)`` once per utterance after the target's
-prefill emitted ``first_token``; then per round ``propose(root, hidden, sampling, generator) ->
-Proposal`` where ``root`` is the token emitted last (not yet in the target cache) and ``hidden`` the
-target's last hidden state that produced it; after verification ``commit(path, token)`` so the
+prefill emitted ``first_token``; then per round ``propose(root, hidden, sampling, generator, history) ->
+Proposal`` where ``root`` is the token emitted last (not yet in the target cache), ``hidden`` the
+target's last hidden state that produced it and ``history`` the generated tokens so far (root last;
+read only by repetition-aware sampling: a sampled node's q is q' given ``history`` plus the candidates
+on its path, methods.md §7); after verification ``commit(path, token)`` so the
 proposer's own state follows the accepted nodes and the emitted token. ``sampled`` says whether
 candidates are drawn from the q they carry (ratio rules allowed) or chosen deterministically (only
 match-based rules are lossless then); ``calls`` counts drafter forwards.
@@ -11,11 +13,12 @@ match-based rules are lossless then); ``calls`` counts drafter forwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from specbench.decoding.sampling import Sampling, sample, warp
+from specbench.decoding.sampling import Sampling, repetition_mask, sample, tree_histories, warp
 from specbench.decoding.tree import Proposal, TreeShape, chain_shape
 from specbench.targets.base import Context, TargetCache, TargetModel
 
@@ -32,7 +35,7 @@ class Proposer(Protocol):
 
     def begin(self, ctx: Context, first_token: int, capacity: int) -> None: ...
 
-    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal: ...
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator, history: Sequence[int] = ()) -> Proposal: ...
 
     def commit(self, path: list[int], token: int) -> None: ...
 
@@ -65,25 +68,31 @@ class DraftChainProposer:
         self.pending = [first_token]
         self.calls = 0
 
-    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator, history: Sequence[int] = ()) -> Proposal:
         """Draft γ tokens x_i ~ q_i (argmax when greedy) as a one-path proposal ``[root, x_1..x_γ]``."""
-        drafts, q = self.draft_chain(self.gamma, sampling, generator)
+        drafts, q = self.draft_chain(self.gamma, sampling, generator, history)
         device = drafts.device
         tokens = torch.cat([torch.tensor([root], dtype=torch.long, device=device), drafts])
         return Proposal(self.shape, tokens, torch.cat([torch.zeros_like(q[:1]), q]), sampled=True)
 
-    def draft_chain(self, gamma: int, sampling: Sampling, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft ``gamma`` tokens x_i ~ q_i (argmax when greedy); returns them and q ``[γ, V]``."""
+    def draft_chain(self, gamma: int, sampling: Sampling, generator: torch.Generator, history: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft ``gamma`` tokens x_i ~ q_i (argmax when greedy); returns them and q ``[γ, V]``.
+
+        With repetition-aware sampling q_i is q'_i given ``history`` + x_1..x_{i-1} (the draft's own
+        chain), the rule the target's p'_i follows at verification.
+        """
         assert self.cache is not None, "begin() must run before propose()"
         device = self.draft.device
         self._base = self.cache.length
         feed = torch.tensor(self.pending, dtype=torch.long, device=device)
         self._fed_pending = len(self.pending)
         qs, drafts = [], []
+        w = sampling.repetition.window if sampling.repetition is not None else 0
         for i in range(gamma):
             logits, _ = self.draft.step(feed, self.cache)
             self.calls += 1
-            q = warp(logits[-1], sampling)
+            over = repetition_mask([list(history[-w:]) + drafts], sampling, logits.shape[-1], device) if w else None
+            q = warp(logits[-1], sampling, None if over is None else over[0])
             tok = int(q.argmax()) if sampling.greedy else int(sample(q, generator))
             qs.append(q)
             drafts.append(tok)
@@ -148,15 +157,16 @@ class HeadsProposer:
             return None
         return self._emb[tokens]
 
-    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
-        """Candidates for every node of the shape (root first)."""
+    def propose(self, root: int, hidden: torch.Tensor, sampling: Sampling, generator: torch.Generator, history: Sequence[int] = ()) -> Proposal:
+        """Candidates for every node of the shape (root first). Top-k candidates ignore RAS (match-based
+        rules stay lossless whatever the candidates); sampled ones draw from q' (``history``)."""
         dev = hidden.device
         n = len(self.shape.nodes)
         tokens = torch.empty(n, dtype=torch.long, device=dev)
         tokens[0] = root
         h = hidden.reshape(1, -1).to(self._dtype)  # an HF target may run in bf16, the heads in fp32
         if self.sampled:
-            return self._propose_sampled(tokens, h, sampling, generator)
+            return self._propose_sampled(tokens, h, sampling, generator, history)
         if not self.heads.cfg.autoregressive:
             tokens[1:] = self._topk_nodes(h)
             self.calls += len(self._levels)
@@ -180,18 +190,30 @@ class HeadsProposer:
             parts.append(top[self._ranks[nodes]])
         return torch.cat(parts)
 
-    def _propose_sampled(self, tokens: torch.Tensor, h: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> Proposal:
-        """Each node's token ~ q of its head given its parent (one head call per depth and distinct parent)."""
+    def _propose_sampled(self, tokens: torch.Tensor, h: torch.Tensor, sampling: Sampling, generator: torch.Generator, history: Sequence[int] = ()) -> Proposal:
+        """Each node's token ~ q of its head given its parent (one head call per depth and distinct parent).
+
+        With repetition-aware sampling q is q' given ``history`` (root last) + the tokens on the path to
+        the parent, the history the target's p' at that parent sees (so plain heads get one q per parent).
+        """
         q_all = torch.zeros(len(tokens), self.heads.cfg.vocab, device=h.device)
+        ras = sampling.repetition is not None
         for nodes, d, _ in self._levels:
             par = self._parents[nodes]
-            if self.heads.cfg.autoregressive:
+            if self.heads.cfg.autoregressive or ras:
                 uniq, inverse = torch.unique(par, return_inverse=True)
+            if self.heads.cfg.autoregressive:
                 logits = self.heads.head_logits(h.expand(len(uniq), -1), d - 1, self._prev_emb(tokens[uniq]))
+            elif ras:
+                logits = self.heads.head_logits(h, d - 1).expand(len(uniq), -1)
             else:
                 logits, inverse = self.heads.head_logits(h, d - 1), torch.zeros_like(par)
             self.calls += 1
-            q = warp(logits, sampling)[inverse]  # [nodes, V]: each node's parent's q
+            over = None
+            if ras:  # the shallower nodes (all ancestors of this depth) are drawn already
+                hists = tree_histories(history, tokens[: int(nodes.min())].tolist(), self.shape.parents, sampling)
+                over = repetition_mask([hists[u] for u in uniq.tolist()], sampling, logits.shape[-1], h.device)
+            q = warp(logits, sampling, over)[inverse]  # [nodes, V]: each node's parent's q
             q_all[nodes] = q
             # one independent draw per row, so siblings are i.i.d. from their parent's q
             tokens[nodes] = q.argmax(-1) if sampling.greedy else sample(q, generator)
