@@ -408,6 +408,10 @@ class TrainTargetConfig(Strict):
     # ``history_noise_neighbours`` acoustically nearest tokens (see models/train.py: corrupt_history)
     history_noise: float = Field(default=0.0, ge=0, lt=1)
     history_noise_neighbours: int = Field(default=16, ge=1)
+    # none: phoneme characters, the model learns where it is in the text by itself; durations: phone
+    # tokens + the synthesiser's per-phone durations (manifest ``phones``/``phone_starts``), a duration
+    # predictor, and every frame told its phone (models/codec_lm.py "Aligned models")
+    alignment: Literal["none", "durations"] = "none"
 
     @model_validator(mode="after")
     def _one_history_corruption(self) -> TrainTargetConfig:
@@ -425,7 +429,7 @@ class TrainTargetConfig(Strict):
     def _known_model_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         from specbench.models.codec_lm import ModelConfig
 
-        allowed = set(ModelConfig.__dataclass_fields__) - {"speech_vocab", "text_vocab"}
+        allowed = set(ModelConfig.__dataclass_fields__) - {"speech_vocab", "text_vocab", "phones", "frame_rate"}
         bad = sorted(set(v) - allowed)
         if bad:
             raise ValueError(f"unknown model key(s) {bad}; allowed: {sorted(allowed)}")

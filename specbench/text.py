@@ -12,6 +12,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
+import numpy as np
+
 from specbench.errors import DependencyError
 
 PAD_ID = 0
@@ -68,3 +70,33 @@ def encode_phonemes(phonemes: str) -> list[int]:
 def decode_phonemes(ids: list[int]) -> str:
     """Inverse of :func:`encode_phonemes` (UNK → '?')."""
     return "".join(chr(i - 2 + _FIRST_CHAR) if i >= 2 else "?" for i in ids if i != PAD_ID)
+
+
+def encode_phones(phones: str, vocab: list[str]) -> list[int]:
+    """Text ids of an aligned model: ``2 + vocab.index(p)`` for each space-separated phone token
+    (unknown tokens → UNK)."""
+    index = {p: i + 2 for i, p in enumerate(vocab)}
+    return [index.get(p, UNK_ID) for p in phones.split()]
+
+
+@lru_cache(maxsize=65536)
+def phones_of_text(text: str) -> str:
+    """The phone tokens espeak-ng speaks for ``text`` (en-us; the aligned models' text input)."""
+    from specbench.data.espeak_lib import espeak_library
+
+    return " ".join(espeak_library().speak(text, PHONEME_VOICE).phones)
+
+
+def durations_from_starts(starts: list[float], n_frames: int, frame_rate: float) -> np.ndarray:
+    """Frames per phone from phone start times (seconds), summing to ``n_frames``.
+
+    Phone ``i`` owns frames ``[b_i, b_{i+1})`` with ``b_i = round(starts_i × frame_rate)`` made
+    non-decreasing and clipped to ``[0, n_frames]``, ``b_0 = 0`` (leading silence belongs to the first
+    phone) and the last phone running to ``n_frames``.
+    """
+    b = np.clip(np.round(np.asarray(starts, dtype=np.float64) * frame_rate).astype(np.int64), 0, n_frames)
+    if len(b) == 0:
+        return np.zeros(0, dtype=np.int64)
+    b[0] = 0
+    b = np.maximum.accumulate(b)
+    return np.diff(np.append(b, n_frames)).astype(np.int64)

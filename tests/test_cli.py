@@ -470,10 +470,14 @@ def test_run_manifest_missing(tiny_assets: dict[str, Any], tmp_path: Path) -> No
 
 # ---- prepare -------------------------------------------------------------------------------------
 def test_prepare_synthetic_without_espeak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    err = fails("prepare", "synthetic", "--out", tmp_path / "corpus", "--splits", "test")
+    from specbench.data import espeak_lib
+
+    monkeypatch.setattr(espeak_lib, "LIBRARY", "libespeak-ng-not-installed.so")
+    espeak_lib.espeak_library.cache_clear()
+    try:
+        err = fails("prepare", "synthetic", "--out", tmp_path / "corpus", "--splits", "test")
+    finally:
+        espeak_lib.espeak_library.cache_clear()
     assert "espeak-ng" in err and "apt-get" in err
     assert not (tmp_path / "corpus" / "test.jsonl").exists()
 

@@ -132,10 +132,10 @@ def _fixed_batch_loss(heads: DraftHeads, target: CodecLM, assets: dict[str, Any]
 
     codec = load_codec("kmeans-mel", str(assets["codec"]))
     exs = load_examples(str(assets["corpus"] / "train.jsonl"), codec, target.cfg)[:8]
-    ids, pos, lab = collate([build_sequence(ex, np.zeros(0, dtype=np.int64), target.cfg) for ex in exs])
+    batch = collate([build_sequence(ex, np.zeros(0, dtype=np.int64), target.cfg) for ex in exs], target.cfg)
     with torch.no_grad():
-        _, hidden = target.forward_train(ids, pos)
-        ce, _ = per_head_ce(*heads_on_batch(heads, hidden, lab, target.tok_emb.weight, target.cfg.speech_offset))
+        _, hidden = target.forward_train(batch.ids, batch.pos, batch.cond)
+        ce, _ = per_head_ce(*heads_on_batch(heads, hidden, batch.labels, target.tok_emb.weight, target.cfg.speech_offset))
     return float(weighted(ce, 0.8))
 
 

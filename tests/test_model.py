@@ -170,16 +170,17 @@ def test_mix_own_samples_touches_only_the_target_history() -> None:
     gen = np.random.default_rng(0)
     exs = [Example(f"u{i}", gen.integers(2, 20, 12), gen.integers(0, 40, 200 + 10 * i), "s") for i in range(3)]
     seqs = [build_sequence(ex, gen.integers(0, 40, 8), cfg) for ex in exs]
-    ids, pos, lab = collate(seqs)
-    assert torch.equal(mix_own_samples(model, ids, pos, lab, 0.0, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1)), ids)
-    mixed = mix_own_samples(model, ids, pos, lab, 0.9, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1))
+    batch = collate(seqs)
+    ids, lab = batch.ids, batch.labels
+    assert torch.equal(mix_own_samples(model, batch, 0.0, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1)), ids)
+    mixed = mix_own_samples(model, batch, 0.9, "fp32", torch.device("cpu"), torch.Generator().manual_seed(1))
     changed = mixed != ids
     hits, slots = _changes_in_target_history(changed, exs, prompt_len=8)
     # E[fraction] = rate x P(sample != true token) ~ 0.9 x (1 - 1/40) for a near-uniform untrained model
     assert abs(hits / slots - 0.9 * (1 - 1 / 40)) < 0.05
     new = mixed[changed]
     assert bool(((new >= cfg.speech_offset) & (new < cfg.speech_offset + cfg.speech_vocab)).all())
-    assert torch.equal(lab, collate(seqs)[2])  # the labels stay the true tokens
+    assert torch.equal(lab, collate(seqs).labels)  # the labels stay the true tokens
 
 
 def test_token_neighbours_are_the_nearest_other_tokens() -> None:
@@ -200,7 +201,8 @@ def test_corrupt_history_swaps_target_history_for_neighbours() -> None:
     rng = np.random.default_rng(0)
     exs = [Example(f"u{i}", rng.integers(2, 20, 12), rng.integers(0, 40, 200 + 10 * i), "s") for i in range(3)]
     seqs = [build_sequence(ex, rng.integers(0, 40, 8), cfg) for ex in exs]
-    ids, pos, lab = collate(seqs)
+    batch = collate(seqs)
+    ids, lab = batch.ids, batch.labels
     nb = token_neighbours(torch.from_numpy(rng.normal(size=(40, 6))), 4)
     assert torch.equal(corrupt_history(ids, lab, 0.0, nb, cfg, torch.Generator().manual_seed(1)), ids)
     noisy = corrupt_history(ids, lab, 0.5, nb, cfg, torch.Generator().manual_seed(1))
@@ -209,7 +211,7 @@ def test_corrupt_history_swaps_target_history_for_neighbours() -> None:
     for b, j in changed.nonzero().tolist():  # input j replaced the true token labels[j - 1]
         assert int(noisy[b, j]) - cfg.speech_offset in nb[int(lab[b, j - 1])].tolist()
     assert abs(hits / slots - 0.5) < 0.06  # 630 slots: sd 0.02
-    assert torch.equal(lab, collate(seqs)[2])
+    assert torch.equal(lab, collate(seqs).labels)
 
 
 def test_history_noise_and_scheduled_sampling_exclude_each_other() -> None:

@@ -70,12 +70,31 @@ def _builtin():
     return as_target(CodecLM(ModelConfig(speech_vocab=32, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)).eval())
 
 
-CTX = Context(text="hello there world", phonemes="h@loU DeR", prompt_tokens=torch.arange(12) % 32, prompt_text="the prompt says this")
+def _builtin_aligned():
+    """A random duration-aligned built-in model (phone tokens; frames conditioned on predicted durations)."""
+    phones = ["h", "@", "l", "'oU", "D", "'E", "r", "w", "'3:", "d", "_:", "_"]
+    torch.manual_seed(0)
+    shape = dict(speech_vocab=32, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)
+    cfg = ModelConfig(**shape, phones=phones, text_vocab=2 + len(phones))
+    return as_target(CodecLM(cfg).eval())
 
 
-@pytest.fixture(params=["builtin", "llama", "qwen2"])
+CTX = Context(
+    text="hello there world",
+    phonemes="h@loU DeR",
+    prompt_tokens=torch.arange(12) % 32,
+    prompt_text="the prompt says this",
+    phones="h @ l 'oU D 'E r w '3: l d _: _",
+)
+
+
+@pytest.fixture(params=["builtin", "aligned", "llama", "qwen2"])
 def target(request, hf_dirs, mini_family):
-    return _builtin() if request.param == "builtin" else _hf(hf_dirs, mini_family, request.param)
+    if request.param == "builtin":
+        return _builtin()
+    if request.param == "aligned":
+        return _builtin_aligned()
+    return _hf(hf_dirs, mini_family, request.param)
 
 
 # ---- family templates ---------------------------------------------------------------------------

@@ -294,7 +294,14 @@ class PromptCache:
 
     def context(self, utt: Utterance) -> Context:
         """The utterance's :class:`~specbench.targets.Context` (text, phonemes, prompt transcript and tokens)."""
-        return Context(text=utt.text, phonemes=phonemes_of(utt), prompt_tokens=self.tokens(utt), prompt_text=self.transcript(utt))
+        return Context(
+            text=utt.text,
+            phonemes=phonemes_of(utt),
+            prompt_tokens=self.tokens(utt),
+            prompt_text=self.transcript(utt),
+            phones=utt.phones,
+            phone_starts=utt.phone_starts,
+        )
 
 
 def phonemes_of(utt: Utterance) -> str:

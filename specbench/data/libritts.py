@@ -8,6 +8,7 @@ at least ``min_prompt_seconds`` long, chosen with a seeded generator so manifest
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from pathlib import Path
@@ -95,10 +96,28 @@ def build_manifest(
     utts = []
     for (wav, spk, text), dur, ph in zip(entries, durations, phonemes, strict=True):
         rel = _relative(wav, out_path.parent)
-        utts.append(Utterance(utt_id=wav.stem, speaker=spk, text=text, phonemes=ph or "", audio=rel, duration=dur, split=subset))
+        phones, starts = read_alignment(wav)
+        utts.append(
+            Utterance(utt_id=wav.stem, speaker=spk, text=text, phonemes=ph or "", audio=rel, duration=dur, split=subset, phones=phones, phone_starts=starts)
+        )
     assign_prompts(utts, min_prompt_seconds=min_prompt_seconds, seed=seed)
     save_manifest(out_path, utts)
     return Manifest(path=out_path, utterances=utts)
+
+
+def read_alignment(wav: Path) -> tuple[str | None, list[float] | None]:
+    """``(phones, phone_starts)`` from the ``<utt>.align.json`` sidecar when present (the built-in corpus)."""
+    side = wav.with_suffix(".align.json")
+    if not side.is_file():
+        return None, None
+    try:
+        obj = json.loads(side.read_text(encoding="utf-8"))
+        phones, starts = obj["phones"], [float(t) for t in obj["starts"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"alignment file {side} is corrupt ({exc}): delete it and rerun `specbench prepare`") from None
+    if len(phones) != len(starts):
+        raise DataError(f"alignment file {side} has {len(phones)} phones but {len(starts)} start times: delete it and rerun `specbench prepare`")
+    return " ".join(phones), starts
 
 
 def assign_prompts(utts: list[Utterance], *, min_prompt_seconds: float, seed: int) -> None:

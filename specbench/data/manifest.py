@@ -2,7 +2,10 @@
 
 Fields: ``utt_id``, ``speaker``, ``text`` (normalised transcript), ``phonemes`` (espeak-ng, en-us),
 ``audio`` (path of the reference recording), ``duration`` (seconds), ``split``; test items also carry
-``prompt_audio`` (another utterance of the same speaker) and ``prompt_utt_id``. Relative audio paths are
+``prompt_audio`` (another utterance of the same speaker) and ``prompt_utt_id``. Corpora whose
+synthesiser reports its own timing (the built-in espeak-ng corpus) also carry ``phones`` (space-separated
+phone tokens, :mod:`specbench.data.espeak_lib`) and ``phone_starts`` (seconds at which each phone starts in
+``audio``): the alignment that duration-aligned models train on. Relative audio paths are
 resolved against the manifest's folder, so a corpus folder can be moved as a whole.
 """
 
@@ -29,6 +32,8 @@ class Utterance:
     split: str = "train"
     prompt_audio: str | None = None
     prompt_utt_id: str | None = None
+    phones: str | None = None
+    phone_starts: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def audio_path(self, root: Path) -> Path:

@@ -9,27 +9,27 @@ learns to read aloud within an hour or two of CPU time. The variants are the one
 1024-entry codec best. Sentences come from
 Debian's fortunes (see :mod:`specbench.data.fortunes`) and are split so that train, dev and test never
 share a sentence. Everything is deterministic under ``seed``; files that exist are not synthesised again,
-so an interrupted prepare resumes.
+so an interrupted prepare resumes. Audio comes from libespeak-ng itself, which also reports where every
+phone starts: each utterance gets an ``.align.json`` sidecar with its phones and their start times.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import random
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import Progress
 
-from specbench.audio import read_audio, write_audio
+from specbench.audio import resample, write_audio
+from specbench.data.espeak_lib import espeak_library
 from specbench.data.fortunes import DEFAULT_FORTUNE_DIR, load_sentences
 from specbench.data.libritts import build_manifest
 from specbench.data.manifest import Manifest
-from specbench.errors import DataError, DependencyError
-from specbench.text import clean_phonemes, espeak_binary
+from specbench.errors import DataError
 
 SAMPLE_RATE = 16000
 VARIANTS = ("m7", "m5", "m4", "f2", "klatt", "klatt2")
@@ -95,20 +95,16 @@ def plan_items(sentences: list[str], n_train: int, n_dev: int, n_test_per_speake
     }
 
 
-def synthesize(item: Item, wav_path: Path) -> str:
-    """Speak ``item`` with espeak-ng, write 16 kHz mono PCM to ``wav_path``, return its phonemes."""
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        proc = subprocess.run(
-            [espeak_binary(), "-x", "-v", item.speaker.voice, "-s", str(item.speaker.rate), "-p", str(item.speaker.pitch), "-w", tmp.name, "--", item.text],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise DependencyError(f"espeak-ng failed for voice {item.speaker.voice}: {proc.stderr.strip()}")
-        wav, _ = read_audio(tmp.name, target_sr=SAMPLE_RATE)
-    write_audio(wav_path, wav, SAMPLE_RATE)
-    return clean_phonemes(proc.stdout)
+def synthesize(item: Item, wav_path: Path) -> tuple[str, list[str], list[float]]:
+    """Speak ``item`` with libespeak-ng, write 16 kHz mono PCM to ``wav_path``.
+
+    Returns ``(phonemes, phones, starts)``: the ``-x`` phoneme string, the phone tokens spoken and the
+    second at which each starts (the synthesiser's own timing; :mod:`specbench.data.espeak_lib`).
+    """
+    lib = espeak_library()
+    spoken = lib.speak(item.text, item.speaker.voice, rate=item.speaker.rate, pitch=item.speaker.pitch)
+    write_audio(wav_path, resample(spoken.wav, spoken.sample_rate, SAMPLE_RATE), SAMPLE_RATE)
+    return lib.x_phonemes(item.text), spoken.phones, [round(t, 5) for t in spoken.starts]
 
 
 def _write_item(split_dir: Path, item: Item) -> None:
@@ -116,12 +112,14 @@ def _write_item(split_dir: Path, item: Item) -> None:
     folder = split_dir / item.speaker.speaker_id / chapter
     wav = folder / f"{item.utt_id}.wav"
     side = folder / f"{item.utt_id}.phonemes.txt"
-    if wav.is_file() and side.is_file():
+    align = folder / f"{item.utt_id}.align.json"
+    if wav.is_file() and side.is_file() and align.is_file():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    phonemes = synthesize(item, wav)
+    phonemes, phones, starts = synthesize(item, wav)
     (folder / f"{item.utt_id}.normalized.txt").write_text(item.text + "\n", encoding="utf-8")
     (folder / f"{item.utt_id}.original.txt").write_text(item.text + "\n", encoding="utf-8")
+    align.write_text(json.dumps({"phones": phones, "starts": starts}) + "\n", encoding="utf-8")
     side.write_text(phonemes + "\n", encoding="utf-8")  # written last: marks the item complete
 
 
@@ -137,7 +135,7 @@ def prepare_synthetic(
     fortune_dir: Path = DEFAULT_FORTUNE_DIR,
 ) -> dict[str, Manifest]:
     """Synthesise the requested splits under ``out_dir/<split>/`` and write ``out_dir/<split>.jsonl``."""
-    espeak_binary()
+    espeak_library()  # a missing library fails here, before any work
     out = Path(out_dir)
     plan = plan_items(load_sentences(fortune_dir), n_train, n_dev, n_test_per_speaker, seed)
     unknown = [s for s in splits if s not in plan]
@@ -147,9 +145,10 @@ def prepare_synthetic(
     for split in splits:
         items = plan[split]
         split_dir = out / split
-        with Progress(transient=True) as progress, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        # processes, not threads: libespeak-ng keeps global state (one library per worker process)
+        with Progress(transient=True) as progress, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
             task = progress.add_task(f"synthesising {split}", total=len(items))
-            for _ in pool.map(functools.partial(_write_item, split_dir), items):
+            for _ in pool.map(functools.partial(_write_item, split_dir), items, chunksize=16):
                 progress.advance(task)
         manifests[split] = build_manifest(out, split, out / f"{split}.jsonl", seed=seed, workers=workers)
     return manifests

@@ -7,6 +7,17 @@ output head predicts only speech tokens and EOS, so "speech space" ids are ``[0,
 range, speech tokens from 0 (the first prompt token) in another, so a tree decoder can give any node
 an explicit speech position (prefix length + depth).
 
+**Aligned models** (``phones`` non-empty; issue 16): the text is a sequence of espeak-ng phone tokens
+(``phones`` is their vocabulary) and every phone has a duration in frames. A duration predictor
+(a small bidirectional encoder over the phones plus a speaker vector pooled from the prompt) predicts
+them; teacher-forced durations are used in training. The durations fix, for every target frame ``t``,
+its phone ``a(t)``; the slot that predicts frame ``t`` gets an additive conditioning vector
+``E_cur[a] + E_prev[a-1] + E_next[a+1] + E_in[t - start(a)] + E_left[end(a) - t]`` (frames past the
+last phone get ``E_cur[END]``, which the model learns to answer with EOS). A frame therefore cannot skip
+or stick on a phone and the length is fixed by the durations, while the speech stream itself stays
+plain codec tokens: the conditioning is a function of the speech position only, so chains and trees
+are verified exactly as for any model (a tree node at depth d gets the vector of its own position).
+
 Inference is batch 1 (the speculative-decoding setting). ``prefill`` runs text+prompt once;
 ``forward(tokens, cache, positions=, tree_mask=)`` appends ``n`` tokens, attending to the cache and,
 within the new block, causally or through ``tree_mask`` (``tree_mask[i, j]`` = node i may see node j).
@@ -16,7 +27,7 @@ The forward is kept lean because it is the hot path of every decoder.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +49,32 @@ class ModelConfig:
     max_text_len: int = 512
     max_speech_len: int = 3072
     dropout: float = 0.0
+    # aligned models only (see the module docstring): the phone vocabulary (text id = 2 + index),
+    # the number of duration classes (0 .. max_phone_frames - 1 frames) and the predictor's depth
+    phones: list[str] = field(default_factory=list)
+    max_phone_frames: int = 64
+    duration_layers: int = 2
+    frame_rate: float = 50.0  # codec frames per second (durations are counted in frames)
+
+    @property
+    def aligned(self) -> bool:
+        """True for a duration-aligned model (phone tokens + durations), False for the plain layout."""
+        return bool(self.phones)
+
+    @property
+    def end_phone(self) -> int:
+        """Conditioning id of "past the last phone" (= the SEP id; phone ids are ``[0, text_vocab)``)."""
+        return self.text_vocab
+
+    @property
+    def no_phone(self) -> int:
+        """Conditioning id of "no conditioning" (text, SEP and prompt slots): a zero embedding."""
+        return self.text_vocab + 1
+
+    @property
+    def no_frames(self) -> int:
+        """Frame-count conditioning id of "no conditioning": a zero embedding."""
+        return self.max_phone_frames
 
     @property
     def sep_id(self) -> int:
@@ -73,6 +110,7 @@ class KVCache:
         self.v = torch.zeros_like(self.k)
         self.length = 0
         self.offset = 0
+        self.alignment: Alignment | None = None
 
     @property
     def capacity(self) -> int:
@@ -121,7 +159,81 @@ class KVCache:
         """A deep copy (tests compare caches)."""
         c = KVCache.__new__(KVCache)
         c.k, c.v, c.length, c.offset = self.k.clone(), self.v.clone(), self.length, self.offset
+        c.alignment = self.alignment
         return c
+
+
+class Alignment:
+    """The frame conditioning of one aligned utterance: ``table[t]`` is added to the slot that predicts
+    frame ``t`` (``t = speech position - prompt_len + 1``); rows past the last frame repeat the END row."""
+
+    def __init__(self, table: torch.Tensor, prompt_len: int, durations: torch.Tensor) -> None:
+        self.table = table
+        self.prompt_len = prompt_len
+        self.durations = durations
+
+    @property
+    def frames(self) -> int:
+        """Frames the durations add up to (the length the model is told to speak)."""
+        return self.table.shape[0] - 1
+
+    def at(self, speech_positions: torch.Tensor) -> torch.Tensor:
+        """Conditioning vectors ``[n, d]`` for the slots at ``speech_positions``."""
+        t = (speech_positions - (self.prompt_len - 1)).clamp(0, self.frames)
+        return self.table[t]
+
+
+def frame_conditions(phone_ids: torch.Tensor, durations: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """``[T + 1, 5]`` conditioning ids of frames ``0..T-1`` and the END row ``T``.
+
+    Columns: current phone, previous phone, next phone (``cfg.end_phone`` outside the utterance),
+    frames since the phone started, frames left in it (both clamped to ``max_phone_frames - 1``).
+    ``T = durations.sum()``; zero-length phones own no frame but are still neighbours.
+    """
+    dev = phone_ids.device
+    n = phone_ids.numel()
+    end = torch.tensor([cfg.end_phone], device=dev)
+    padded = torch.cat([end, phone_ids, end])
+    idx = torch.repeat_interleave(torch.arange(n, device=dev), durations)
+    starts = torch.cumsum(durations, 0) - durations
+    t = torch.arange(idx.numel(), device=dev)
+    top = cfg.max_phone_frames - 1
+    since = (t - starts[idx]).clamp(max=top)
+    left = (starts[idx] + durations[idx] - 1 - t).clamp(max=top)
+    rows = torch.stack([phone_ids[idx], padded[idx], padded[idx + 2], since, left], 1)
+    last = phone_ids[-1] if n else end[0]
+    end_row = torch.stack([end[0], last, end[0], torch.tensor(0, device=dev), torch.tensor(0, device=dev)])
+    return torch.cat([rows, end_row[None]], 0)
+
+
+def no_conditions(n: int, cfg: ModelConfig) -> torch.Tensor:
+    """``[n, 5]`` conditioning ids that add nothing (text, SEP and prompt slots)."""
+    row = torch.tensor([cfg.no_phone, cfg.no_phone, cfg.no_phone, cfg.no_frames, cfg.no_frames])
+    return row.expand(n, 5).clone()
+
+
+class DurationPredictor(nn.Module):
+    """Frames per phone from the phones and the speaker: ``softmax(W · Enc(E[phone] + pos + s))``.
+
+    ``Enc`` is a small bidirectional pre-LN transformer encoder over the phone sequence; ``s`` is a
+    linear map of the mean embedding of the prompt's codec tokens (speaking rate differs by voice).
+    Trained with cross-entropy on the synthesiser's durations; inference takes the argmax.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, cfg.d_ff // 2, dropout=0.1, activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.duration_layers, enable_nested_tensor=False)
+        self.speaker = nn.Linear(cfg.d_model, cfg.d_model)
+        self.ln = nn.LayerNorm(cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.max_phone_frames)
+
+    def forward(self, phone_emb: torch.Tensor, pad: torch.Tensor, prompt_mean: torch.Tensor) -> torch.Tensor:
+        """``phone_emb [B, N, d]`` (token + position), ``pad [B, N]`` True at padding, ``prompt_mean [B, d]``
+        → logits ``[B, N, max_phone_frames]``."""
+        h = phone_emb + self.speaker(prompt_mean)[:, None]
+        h = self.encoder(h, src_key_padding_mask=pad)
+        return self.out(self.ln(h))
 
 
 class Block(nn.Module):
@@ -173,6 +285,11 @@ class CodecLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.speech_vocab + 1)
+        if cfg.aligned:
+            n_ph = cfg.text_vocab + 2  # phones, END, NONE (zero)
+            self.cond_phone = nn.ModuleList(nn.Embedding(n_ph, cfg.d_model, padding_idx=cfg.no_phone) for _ in range(3))
+            self.cond_frames = nn.ModuleList(nn.Embedding(cfg.max_phone_frames + 1, cfg.d_model, padding_idx=cfg.no_frames) for _ in range(2))
+            self.duration = DurationPredictor(cfg)
         self.apply(self._init)
         for blk in self.blocks:  # GPT-2 style scaled init of residual projections
             nn.init.normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * cfg.n_layers))
@@ -186,18 +303,57 @@ class CodecLM(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
 
     # ---- training -------------------------------------------------------------------------------
-    def forward_train(self, ids: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-sequence causal pass. ``ids``/``pos``: ``[B, L]`` embedding ids and position-table ids.
+    def forward_train(self, ids: torch.Tensor, pos: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-sequence causal pass. ``ids``/``pos``: ``[B, L]`` embedding ids and position-table ids;
+        ``cond`` (aligned models): ``[B, L, 5]`` frame-conditioning ids (:func:`frame_conditions`).
 
         Returns ``(logits [B, L, speech_vocab+1], hidden [B, L, d])``.
         """
-        h = F.dropout(self.tok_emb(ids) + self.pos_emb(pos), self.cfg.dropout, self.training)
+        h = self.tok_emb(ids) + self.pos_emb(pos)
+        if self.cfg.aligned:
+            if cond is None:
+                raise ValueError("an aligned model needs frame conditions (durations) for every sequence")
+            h = h + self.condition(cond)
+        h = F.dropout(h, self.cfg.dropout, self.training)
         for blk in self.blocks:
             h = blk(h)
         h = self.ln_f(h)
         return self.head(h), h
+
+    def condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """Sum of the five conditioning embeddings of ``cond [..., 5]`` → ``[..., d]``."""
+        out = self.cond_phone[0](cond[..., 0]) + self.cond_phone[1](cond[..., 1]) + self.cond_phone[2](cond[..., 2])
+        return out + self.cond_frames[0](cond[..., 3]) + self.cond_frames[1](cond[..., 4])
+
+    def duration_logits(self, phone_ids: torch.Tensor, pad: torch.Tensor, prompt_ids: torch.Tensor, prompt_pad: torch.Tensor) -> torch.Tensor:
+        """Duration logits ``[B, N, max_phone_frames]``: phone ids ``[B, N]`` (``pad`` True at padding) and
+        prompt codec tokens ``[B, P]`` in speech space (``prompt_pad`` True at padding)."""
+        n = phone_ids.shape[1]
+        emb = self.tok_emb(phone_ids) + self.pos_emb(torch.arange(n, device=phone_ids.device))[None]
+        pe = self.tok_emb(prompt_ids + self.cfg.speech_offset) * (~prompt_pad)[..., None]
+        mean = pe.sum(1) / (~prompt_pad).sum(1, keepdim=True).clamp(min=1)
+        return self.duration(emb, pad, mean)
+
+    def predict_durations(self, phone_ids: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """Frames per phone (argmax of the duration predictor) for one utterance; at least one frame in all."""
+        dev = phone_ids.device
+        no_pad = torch.zeros(1, phone_ids.numel(), dtype=torch.bool, device=dev)
+        logits = self.duration_logits(phone_ids[None], no_pad, prompt[None], torch.zeros(1, prompt.numel(), dtype=torch.bool, device=dev))
+        dur = logits[0].argmax(-1)
+        if int(dur.sum()) == 0 and dur.numel():
+            dur[0] = 1
+        return dur
+
+    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor, durations: torch.Tensor | None = None) -> Alignment:
+        """The frame conditioning of one utterance (durations predicted unless given)."""
+        dur = self.predict_durations(phone_ids, prompt) if durations is None else durations.to(phone_ids.device)
+        table = self.condition(frame_conditions(phone_ids, dur, self.cfg))
+        return Alignment(table, prompt.numel(), dur)
 
     # ---- inference ------------------------------------------------------------------------------
     def text_positions(self, n: int, device: torch.device) -> torch.Tensor:
@@ -223,17 +379,23 @@ class CodecLM(nn.Module):
         p = self.head.weight
         return KVCache(self.cfg.n_layers, self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads, capacity, p.device, p.dtype)
 
-    def prefill(self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    def prefill(
+        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """Run ``[text][SEP][prompt]`` into a fresh cache.
 
         Returns ``(logits of the last position [speech_vocab+1], its hidden state [d], cache)``.
-        ``capacity`` pre-sizes the cache for the tokens to come (it grows if needed).
+        ``capacity`` pre-sizes the cache for the tokens to come (it grows if needed). Aligned models
+        predict the durations here (or take ``durations``) and keep the alignment on the cache.
         """
         if text_ids.numel() + 1 > self.cfg.max_text_len:
             raise ValueError(f"text of {text_ids.numel()} tokens exceeds max_text_len={self.cfg.max_text_len}")
         ids, pos = self.embed_sequence(text_ids, prompt)
         cache = self.new_cache(max(capacity, ids.numel() + 1))
         h = self.tok_emb(ids) + self.pos_emb(pos)
+        if self.cfg.aligned:
+            cache.alignment = self.alignment(text_ids, prompt, durations)
+            h = torch.cat([h[:-1], h[-1:] + cache.alignment.table[:1]])  # the last slot predicts frame 0
         h = h.unsqueeze(0)
         for i, blk in enumerate(self.blocks):
             h = blk(h, cache, i, _causal_mask(0, ids.numel(), h.device))
@@ -260,7 +422,10 @@ class CodecLM(nn.Module):
         cache.reserve(n)
         if positions is None:
             positions = torch.arange(cache.speech_len, cache.speech_len + n, device=tokens.device)
-        h = (self.tok_emb(tokens + self.cfg.speech_offset) + self.pos_emb(self.speech_position_ids(positions))).unsqueeze(0)
+        h = self.tok_emb(tokens + self.cfg.speech_offset) + self.pos_emb(self.speech_position_ids(positions))
+        if cache.alignment is not None:
+            h = h + cache.alignment.at(positions)
+        h = h.unsqueeze(0)
         mask = None
         if n > 1 or tree_mask is not None:
             mask = _causal_mask(cache.length, n, h.device) if tree_mask is None else _tree_mask(cache.length, tree_mask)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from specbench.models.codec_lm import CodecLM
+from specbench.models.codec_lm import Alignment, CodecLM
 
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 CAPACITY_STEP = 256
@@ -56,6 +56,7 @@ class StaticKVCache:
         self.v = [torch.zeros_like(t) for t in self.k]
         self.length = 0
         self.offset = 0
+        self.alignment: Alignment | None = None
 
     @property
     def capacity(self) -> int:
@@ -102,7 +103,7 @@ class StaticKVCache:
     def clone(self) -> StaticKVCache:
         c = StaticKVCache.__new__(StaticKVCache)
         c.k, c.v = [t.clone() for t in self.k], [t.clone() for t in self.v]
-        c.length, c.offset = self.length, self.offset
+        c.length, c.offset, c.alignment = self.length, self.offset, self.alignment
         return c
 
 
@@ -115,13 +116,15 @@ def static_forward(
     new_mask: torch.Tensor,
     ks: list[torch.Tensor],
     vs: list[torch.Tensor],
+    extra: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One static-shape forward of ``B`` (padded) new tokens.
 
     ``tokens, pos_ids, slots: [B]`` (speech ids, position-table ids, cache slots ``length + 0..B-1``),
     ``length``: 0-d valid cache length before the new tokens, ``new_mask: [B, B]`` bool visibility among
-    the new tokens. Writes keys/values into ``ks``/``vs`` at ``slots``; returns ``(logits [B, V+1],
-    hidden [B, d])``.
+    the new tokens, ``extra [B, d]``: added to the input embeddings (an aligned model's frame
+    conditioning; zeros otherwise). Writes keys/values into ``ks``/``vs`` at ``slots``; returns
+    ``(logits [B, V+1], hidden [B, d])``.
     """
     cfg = model.cfg
     b = tokens.shape[0]
@@ -129,7 +132,7 @@ def static_forward(
     n_heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
     # padded rows may sit past the table's end near max_speech_len: clamp (real rows never exceed it)
     pos_ids = pos_ids.clamp(max=model.pos_emb.num_embeddings - 1)
-    h = (model.tok_emb(tokens + cfg.speech_offset) + model.pos_emb(pos_ids)).unsqueeze(0)
+    h = (model.tok_emb(tokens + cfg.speech_offset) + model.pos_emb(pos_ids) + extra).unsqueeze(0)
     col = torch.arange(cap, device=tokens.device)
     rel = col - length
     in_block = (rel >= 0) & (rel < b)
@@ -171,12 +174,13 @@ class StaticDecoder:
         self._seen: set[tuple[int, int]] = set()
         self._causal: dict[int, torch.Tensor] = {}
         self._ar: dict[int, torch.Tensor] = {}
+        self._zeros: dict[int, torch.Tensor] = {}
         self._tree: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         self.compile_seconds = 0.0
         self.min_capacity = 0  # a floor for every cache (bench: one capacity, hence one graph per bucket)
 
-    def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs):  # noqa: ANN001, ANN202
-        return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs)
+    def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs, extra):  # noqa: ANN001, ANN202
+        return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs, extra)
 
     def new_cache(self, capacity: int) -> StaticKVCache:
         cfg = self.model.cfg
@@ -191,7 +195,7 @@ class StaticDecoder:
         for i in range(len(cache.k)):
             cache.k[i][0, :, :n] = kv.k[i, :, :n]
             cache.v[i][0, :, :n] = kv.v[i, :, :n]
-        cache.length, cache.offset = n, kv.offset
+        cache.length, cache.offset, cache.alignment = n, kv.offset, kv.alignment
         return logits, hidden, cache
 
     def _arange(self, b: int) -> torch.Tensor:
@@ -242,7 +246,13 @@ class StaticDecoder:
         length = torch.tensor(start, device=self.device)
         key = (b, cache.capacity)
         t0 = time.perf_counter() if key not in self._seen else None
-        logits, hidden = self._fn(toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v)
+        if cache.alignment is not None:
+            extra = cache.alignment.at(pos)
+        else:
+            extra = self._zeros.get(b)
+            if extra is None:
+                extra = self._zeros[b] = torch.zeros(b, self.model.cfg.d_model, device=self.device, dtype=self.dtype)
+        logits, hidden = self._fn(toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v, extra)
         if t0 is not None:
             self._seen.add(key)
             self.compile_seconds += time.perf_counter() - t0

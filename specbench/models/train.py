@@ -6,6 +6,10 @@ covers only the target tokens and EOS, as in zero-shot VALL-E-style TTS. Batches
 under a token budget. AdamW, linear warm-up, cosine decay to ``min_lr_ratio``, gradient clipping,
 bf16 autocast when asked. ``out_dir/last.pt`` is written atomically every ``save_every`` steps and
 ``--resume`` continues from it; ``out_dir/model.pt`` is the exported model at the end.
+
+Duration-aligned models (``alignment: durations``; models/codec_lm.py) read phone tokens instead of
+phoneme characters, are conditioned on the synthesiser's own durations (teacher forcing) and add the
+duration predictor's cross-entropy to the loss.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ from specbench.device import release_host_memory, resolve_device, set_threads
 from specbench.errors import DataError, ModelError, RunStateError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
-from specbench.models.codec_lm import CodecLM, ModelConfig, count_parameters
+from specbench.models.codec_lm import CodecLM, ModelConfig, count_parameters, frame_conditions, no_conditions
 from specbench.models.lm_io import KIND, export_model, model_payload
-from specbench.text import encode_phonemes
+from specbench.text import durations_from_starts, encode_phonemes, encode_phones
 
 IGNORE = -100
 TRIM_EVERY = 50  # steps between malloc_trim calls on CPU (see device.release_host_memory)
@@ -48,25 +52,59 @@ class Example:
     text: np.ndarray
     codes: np.ndarray
     speaker: str
+    durations: np.ndarray | None = None  # frames per phone (aligned models; sums to len(codes))
+
+
+def phone_vocabulary(manifest_path: str) -> list[str]:
+    """Sorted phone tokens of a manifest's alignments (the text vocabulary of an aligned model)."""
+    manifest = load_manifest(manifest_path)
+    missing = [u.utt_id for u in manifest.utterances if not u.phones]
+    if missing:
+        raise DataError(
+            f"{manifest_path}: {len(missing)} utterances (e.g. {missing[0]}) have no phone alignment: rebuild the corpus with "
+            "`specbench prepare synthetic` or train with `alignment: none`"
+        )
+    return sorted({p for u in manifest.utterances for p in (u.phones or "").split()})
 
 
 def load_examples(manifest_path: str, codec: Any, cfg: ModelConfig) -> list[Example]:
-    """Tokenised utterances that fit the model's length limits."""
+    """Tokenised utterances that fit the model's length limits (aligned models: with durations in frames)."""
     manifest = load_manifest(manifest_path)
     codes = tokenize_manifest(manifest, codec)
     out = []
     for u in manifest.utterances:
-        text = np.array(encode_phonemes(u.phonemes), dtype=np.int64)
         c = codes[u.utt_id].astype(np.int64)
+        durations = None
+        if cfg.aligned:
+            if not u.phones or u.phone_starts is None:
+                raise DataError(f"{manifest_path}: utterance {u.utt_id} has no phone alignment: rebuild the corpus with `specbench prepare synthetic`")
+            text = np.array(encode_phones(u.phones, cfg.phones), dtype=np.int64)
+            durations = durations_from_starts(u.phone_starts, len(c), cfg.frame_rate)
+        else:
+            text = np.array(encode_phonemes(u.phonemes), dtype=np.int64)
         if 0 < len(text) < cfg.max_text_len and 0 < len(c) and len(c) + 1 < cfg.max_speech_len // 2:
-            out.append(Example(u.utt_id, text, c, u.speaker))
+            out.append(Example(u.utt_id, text, c, u.speaker, durations))
     if not out:
         raise DataError(f"no usable utterances in {manifest_path} (empty text or audio, or too long for the model)")
     return out
 
 
-def build_sequence(ex: Example, prompt: np.ndarray, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(embedding ids, position ids, labels) for one example; labels are IGNORE outside the target."""
+@dataclass
+class TrainSequence:
+    """One training sequence: embedding ids, position ids, labels (IGNORE outside the target) and, for
+    aligned models, the frame conditioning ``cond [L, 5]``, the phones, their durations and the prompt."""
+
+    ids: np.ndarray
+    pos: np.ndarray
+    labels: np.ndarray
+    cond: np.ndarray | None = None
+    phones: np.ndarray | None = None
+    durations: np.ndarray | None = None
+    prompt: np.ndarray | None = None
+
+
+def build_sequence(ex: Example, prompt: np.ndarray, cfg: ModelConfig) -> TrainSequence:
+    """The training sequence of one example; labels are IGNORE outside the target."""
     lt, p, t = len(ex.text), len(prompt), len(ex.codes)
     ids = np.concatenate([ex.text, [cfg.sep_id], prompt + cfg.speech_offset, ex.codes + cfg.speech_offset])
     pos = np.concatenate([np.arange(lt + 1), cfg.max_text_len + np.arange(p + t)])
@@ -74,7 +112,13 @@ def build_sequence(ex: Example, prompt: np.ndarray, cfg: ModelConfig) -> tuple[n
     start = lt + p  # the last prompt token (or SEP) predicts the first target token
     labels[start : start + t] = ex.codes
     labels[start + t] = cfg.eos
-    return ids, pos, labels
+    if not cfg.aligned:
+        return TrainSequence(ids, pos, labels)
+    assert ex.durations is not None
+    cond = no_conditions(len(ids), cfg).numpy()
+    cond[start : start + t + 1] = frame_conditions(torch.from_numpy(ex.text), torch.from_numpy(ex.durations), cfg).numpy()
+    dur = np.minimum(ex.durations, cfg.max_phone_frames - 1)
+    return TrainSequence(ids, pos, labels, cond, ex.text, dur, prompt)
 
 
 def pick_prompt(ex: Example, by_speaker: dict[str, list[Example]], frames: int, rng: random.Random, random_crop: bool) -> np.ndarray:
@@ -89,22 +133,57 @@ def pick_prompt(ex: Example, by_speaker: dict[str, list[Example]], frames: int, 
     return src[start : start + frames]
 
 
-def collate(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence (padding is never attended by real tokens: causal mask)."""
-    n = max(len(s[0]) for s in seqs)
-    ids = torch.zeros(len(seqs), n, dtype=torch.long)
-    pos = torch.zeros(len(seqs), n, dtype=torch.long)
-    lab = torch.full((len(seqs), n), IGNORE, dtype=torch.long)
-    for i, (a, b, c) in enumerate(seqs):
-        ids[i, : len(a)] = torch.from_numpy(a)
-        pos[i, : len(b)] = torch.from_numpy(b)
-        lab[i, : len(c)] = torch.from_numpy(c)
-    return ids, pos, lab
+@dataclass
+class Batch:
+    """Right-padded sequences (padding is never attended by real tokens: causal mask). Aligned models
+    also get ``cond`` and the duration predictor's inputs: ``phones``/``durations`` ``[B, N]`` (durations
+    IGNORE at padding) and ``prompt [B, P]`` with padding masks ``phone_pad``/``prompt_pad``."""
+
+    ids: torch.Tensor
+    pos: torch.Tensor
+    labels: torch.Tensor
+    cond: torch.Tensor | None = None
+    phones: torch.Tensor | None = None
+    phone_pad: torch.Tensor | None = None
+    durations: torch.Tensor | None = None
+    prompt: torch.Tensor | None = None
+    prompt_pad: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        """The same batch on ``device``."""
+        return Batch(**{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()})
 
 
-def batches(
-    examples: list[Example], cfg: ModelConfig, batch_tokens: int, prompt_frames: int, seed: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def _pad(rows: list[np.ndarray], value: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, n, ...]`` right-padded with ``value`` and the ``[B, n]`` padding mask (True = padding)."""
+    n = max([len(r) for r in rows] + [1])
+    shape = (len(rows), n) + tuple(rows[0].shape[1:])
+    out = torch.full(shape, value, dtype=torch.long)
+    pad = torch.ones(len(rows), n, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.from_numpy(np.asarray(r, dtype=np.int64))
+        pad[i, : len(r)] = False
+    return out, pad
+
+
+def collate(seqs: list[TrainSequence], cfg: ModelConfig | None = None) -> Batch:
+    """Pad a list of sequences into one :class:`Batch` (``cfg`` is needed for aligned sequences)."""
+    ids, _ = _pad([s.ids for s in seqs], 0)
+    pos, _ = _pad([s.pos for s in seqs], 0)
+    lab, _ = _pad([s.labels for s in seqs], IGNORE)
+    if seqs[0].cond is None:
+        return Batch(ids, pos, lab)
+    assert cfg is not None, "aligned sequences need the model config to pad their conditioning"
+    cond = no_conditions(1, cfg)[0].expand(ids.shape[0], ids.shape[1], 5).clone()
+    for i, s in enumerate(seqs):
+        cond[i, : len(s.cond)] = torch.from_numpy(s.cond)
+    phones, phone_pad = _pad([s.phones for s in seqs], 0)
+    durations, _ = _pad([s.durations for s in seqs], IGNORE)
+    prompt, prompt_pad = _pad([s.prompt for s in seqs], 0)
+    return Batch(ids, pos, lab, cond, phones, phone_pad, durations, prompt, prompt_pad)
+
+
+def batches(examples: list[Example], cfg: ModelConfig, batch_tokens: int, prompt_frames: int, seed: int) -> Iterator[Batch]:
     """Endless length-bucketed batches; each epoch reshuffles buckets and redraws prompts."""
     by_spk: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
@@ -124,13 +203,11 @@ def batches(
             groups.append(cur)
         rng.shuffle(groups)
         for g in groups:
-            yield collate([build_sequence(examples[i], pick_prompt(examples[i], by_spk, prompt_frames, rng, True), cfg) for i in g])
+            yield collate([build_sequence(examples[i], pick_prompt(examples[i], by_spk, prompt_frames, rng, True), cfg) for i in g], cfg)
 
 
 @torch.no_grad()
-def mix_own_samples(
-    model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, rate: float, precision: str, device: torch.device, gen: torch.Generator
-) -> torch.Tensor:
+def mix_own_samples(model: CodecLM, batch: Batch, rate: float, precision: str, device: torch.device, gen: torch.Generator) -> torch.Tensor:
     """Two-pass scheduled sampling: ``ids`` with some target-history tokens replaced by the model's own samples.
 
     Pass 1 runs the batch teacher-forced without gradients and draws ``x̂_i ~ p(· | true prefix)`` (T = 1,
@@ -140,7 +217,8 @@ def mix_own_samples(
     its own mistakes, which teacher forcing never shows it (exposure bias). The prompt and text are never
     touched. ``gen`` is a generator on ``device``. Returns a new ``ids`` tensor on CPU.
     """
-    logits = train_logits(model, ids, pos, precision, device)
+    ids, labels = batch.ids, batch.labels
+    logits = train_logits(model, batch, precision, device)
     cfg = model.cfg
     probs = torch.softmax(logits[..., : cfg.speech_vocab].float(), -1)
     b, n, v = probs.shape
@@ -201,36 +279,59 @@ def lr_at(step: int, tc: TrainTargetConfig) -> float:
     return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def train_logits(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+def train_logits(model: CodecLM, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
     """Full-sequence logits ``[B, L, V]`` on ``device``, under bf16 autocast when ``precision`` is bf16."""
+    cond = None if batch.cond is None else batch.cond.to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits, _ = model.forward_train(ids.to(device), pos.to(device))
+        logits, _ = model.forward_train(batch.ids.to(device), batch.pos.to(device), cond)
     return logits
 
 
-def loss_fn(model: CodecLM, ids: torch.Tensor, pos: torch.Tensor, labels: torch.Tensor, precision: str, device: torch.device) -> torch.Tensor:
+def loss_fn(model: CodecLM, batch: Batch, precision: str, device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over labelled positions."""
-    logits = train_logits(model, ids, pos, precision, device)
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(), ignore_index=IGNORE)
+    logits = train_logits(model, batch, precision, device)
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.labels.to(device).flatten(), ignore_index=IGNORE)
+
+
+def duration_loss(model: CodecLM, batch: Batch, precision: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy of the duration predictor over real phones, its exact-frame accuracy)."""
+    b = batch.to(device)
+    assert b.phones is not None and b.durations is not None and b.prompt is not None
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = model.duration_logits(b.phones, b.phone_pad, b.prompt, b.prompt_pad)
+    flat = logits.float().flatten(0, 1)
+    target = b.durations.flatten()
+    valid = target != IGNORE
+    acc = (flat.argmax(-1) == target)[valid].float().mean()
+    return F.cross_entropy(flat, target, ignore_index=IGNORE), acc
 
 
 @torch.no_grad()
-def evaluate(model: CodecLM, examples: list[Example], cfg: ModelConfig, tc: TrainTargetConfig, device: torch.device) -> float:
-    """Token-weighted dev loss with fixed prompts (first ``prompt_frames`` of a seeded pick)."""
+def evaluate(model: CodecLM, examples: list[Example], cfg: ModelConfig, tc: TrainTargetConfig, device: torch.device) -> dict[str, float]:
+    """Token-weighted dev loss with fixed prompts (first ``prompt_frames`` of a seeded pick); aligned
+    models also get the duration predictor's dev loss and exact-frame accuracy (phone-weighted)."""
     model.eval()
     by_spk: dict[str, list[Example]] = defaultdict(list)
     for ex in examples:
         by_spk[ex.speaker].append(ex)
     rng = random.Random(1234)
     seqs = [build_sequence(ex, pick_prompt(ex, by_spk, tc.prompt_frames, rng, False), cfg) for ex in examples]
-    total, count = 0.0, 0
+    total, count, d_total, d_acc, d_count = 0.0, 0, 0.0, 0.0, 0
     for i in range(0, len(seqs), 16):
-        ids, pos, lab = collate(seqs[i : i + 16])
-        n = int((lab != IGNORE).sum())
-        total += float(loss_fn(model, ids, pos, lab, tc.precision, device)) * n
+        batch = collate(seqs[i : i + 16], cfg)
+        n = int((batch.labels != IGNORE).sum())
+        total += float(loss_fn(model, batch, tc.precision, device)) * n
         count += n
+        if cfg.aligned:
+            assert batch.durations is not None
+            m = int((batch.durations != IGNORE).sum())
+            dl, da = duration_loss(model, batch, tc.precision, device)
+            d_total, d_acc, d_count = d_total + float(dl) * m, d_acc + float(da) * m, d_count + m
     model.train()
-    return total / max(1, count)
+    out = {"dev_loss": round(total / max(1, count), 4)}
+    if cfg.aligned:
+        out.update(dev_duration_loss=round(d_total / max(1, d_count), 4), dev_duration_acc=round(d_acc / max(1, d_count), 4))
+    return out
 
 
 def build_layer_draft(target: CodecLM, layers: list[int]) -> CodecLM:
@@ -240,10 +341,9 @@ def build_layer_draft(target: CodecLM, layers: list[int]) -> CodecLM:
         raise ModelError(f"draft layers {bad} do not exist in a {target.cfg.n_layers}-layer target: pick indices 0..{target.cfg.n_layers - 1}")
     cfg = ModelConfig(**{**target.cfg.to_dict(), "n_layers": len(layers)})
     draft = CodecLM(cfg)
-    draft.tok_emb.load_state_dict(target.tok_emb.state_dict())
-    draft.pos_emb.load_state_dict(target.pos_emb.state_dict())
-    draft.ln_f.load_state_dict(target.ln_f.state_dict())
-    draft.head.load_state_dict(target.head.state_dict())
+    # everything but the blocks: embeddings, final norm, head and (aligned models) the frame
+    # conditioning and duration predictor, so draft and target predict the same durations
+    draft.load_state_dict({k: v for k, v in target.state_dict().items() if not k.startswith("blocks.")}, strict=False)
     for j, i in enumerate(layers):
         draft.blocks[j].load_state_dict(target.blocks[i].state_dict())
     return draft
@@ -251,7 +351,7 @@ def build_layer_draft(target: CodecLM, layers: list[int]) -> CodecLM:
 
 def set_trainable(model: CodecLM, parts: list[str]) -> int:
     """Freeze every parameter except the named parts; returns the number of trainable parameters."""
-    prefixes = {"embeddings": ("tok_emb.", "pos_emb."), "ln_f": ("ln_f.",), "head": ("head.",)}
+    prefixes = {"embeddings": ("tok_emb.", "pos_emb.", "cond_phone.", "cond_frames."), "ln_f": ("ln_f.",), "head": ("head.",)}
     allowed: list[str] = []
     for part in parts:
         if part == "all":
@@ -318,9 +418,9 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
             model = build_layer_draft(target, tc.layers)
             init_meta = {"init": "target-layers", "target": tc.target, "layers": tc.layers, "trainable": tc.trainable}
         else:
-            model = CodecLM(
-                ModelConfig(**{**tc.lm_config(codec.vocab_size), "max_text_len": target.cfg.max_text_len, "max_speech_len": target.cfg.max_speech_len})
-            )
+            # a scratch draft reads the same text units as its target (phones and frame rate for aligned ones)
+            same = ("max_text_len", "max_speech_len", "text_vocab", "phones", "frame_rate", "max_phone_frames")
+            model = CodecLM(ModelConfig(**{**tc.lm_config(codec.vocab_size), **{k: getattr(target.cfg, k) for k in same}}))
             init_meta = {"init": "scratch", "preset": tc.preset}
         del target
         cfg = model.cfg
@@ -335,6 +435,9 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
         n_train = count_parameters(model)
     else:
         cfg = ModelConfig(**tc.lm_config(codec.vocab_size))
+        if tc.alignment == "durations":
+            phones = phone_vocabulary(tc.train_manifest)
+            cfg = ModelConfig(**{**cfg.to_dict(), "phones": phones, "text_vocab": 2 + len(phones), "frame_rate": float(codec.frame_rate)})
         model = CodecLM(cfg)
         n_train = count_parameters(model)
     model = model.to(device)
@@ -361,6 +464,8 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
         save_atomic(payload, last)
 
     model.train()
+    # the duration predictor trains with the model unless it is frozen (an SSD draft inherits the target's)
+    train_durations = cfg.aligned and any(p.requires_grad for p in model.duration.parameters())
     data = batches(train_ex, cfg, tc.batch_tokens, tc.prompt_frames, tc.seed + step)
     mix_gen = torch.Generator(device=device).manual_seed(tc.seed + 7919 + step)
     noise_gen = torch.Generator().manual_seed(tc.seed + 104729 + step)
@@ -369,14 +474,17 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
     with Progress(*columns) as progress:
         task = progress.add_task("train", total=tc.steps, completed=step, info="")
         while step < tc.steps:
-            ids, pos, lab = next(data)
+            batch = next(data)
             if tc.scheduled_sampling > 0:
-                ids = mix_own_samples(model, ids, pos, lab, tc.scheduled_sampling, tc.precision, device, mix_gen)
+                batch.ids = mix_own_samples(model, batch, tc.scheduled_sampling, tc.precision, device, mix_gen)
             if neighbours is not None:
-                ids = corrupt_history(ids, lab, tc.history_noise, neighbours, cfg, noise_gen)
+                batch.ids = corrupt_history(batch.ids, batch.labels, tc.history_noise, neighbours, cfg, noise_gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, tc)
-            loss = loss_fn(model, ids, pos, lab, tc.precision, device)
+            loss = loss_fn(model, batch, tc.precision, device)
+            if train_durations:
+                dur_loss, _ = duration_loss(model, batch, tc.precision, device)
+                loss = loss + dur_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], tc.grad_clip)
@@ -384,7 +492,7 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
             step += 1
             if device.type == "cpu" and step % TRIM_EVERY == 0:
                 release_host_memory()
-            tokens_seen += int((ids != 0).sum())
+            tokens_seen += int((batch.ids != 0).sum())
             now = time.perf_counter()
             lv = float(loss.detach())
             ema = lv if ema is None else 0.98 * ema + 0.02 * lv
@@ -396,7 +504,7 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
             if step % tc.eval_every == 0 or step == tc.steps:
                 row: dict[str, Any] = {"step": step, "train_loss": round(ema, 4), "minutes": round((elapsed + now - t0) / 60, 2)}
                 if dev_ex:
-                    row["dev_loss"] = round(evaluate(model, dev_ex, cfg, tc, device), 4)
+                    row.update(evaluate(model, dev_ex, cfg, tc, device))
                 history.append(row)
                 append_jsonl(out / "history.jsonl", row)
                 progress.console.print(row)

@@ -129,9 +129,10 @@ def evaluate_heads(
     count = torch.zeros(n_heads, dtype=torch.long)
     lm_total, lm_count = 0.0, 0
     for i in range(0, len(seqs), 16):
-        ids, pos, lab = (t.to(device) for t in collate(seqs[i : i + 16]))
+        batch = collate(seqs[i : i + 16], cfg).to(device)
+        lab = batch.labels
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            logits, hidden = target.forward_train(ids, pos)
+            logits, hidden = target.forward_train(batch.ids, batch.pos, batch.cond)
             hl, tgt = heads_on_batch(heads, hidden, lab, target.tok_emb.weight, cfg.speech_offset)
         ce, n = per_head_ce(hl, tgt)
         ce_sum += (ce * n).double().cpu()
@@ -241,15 +242,16 @@ def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print)
             record({"step": 0, **evaluate_heads(target, heads, dev_ex, tc, device, lm_loss=joint)}, progress.console)
         task = progress.add_task("heads", total=tc.steps, completed=step, info="")
         while step < tc.steps:
-            ids, pos, lab = (t.to(device) for t in next(data))
+            batch = next(data).to(device)
+            lab = batch.labels
             for g, scale in zip(opt.param_groups, lr_scales, strict=True):
                 g["lr"] = lr_at(step, tc) * scale
             with torch.autocast(**autocast):
                 if joint:
-                    logits, hidden = target.forward_train(ids, pos)
+                    logits, hidden = target.forward_train(batch.ids, batch.pos, batch.cond)
                 else:
                     with torch.no_grad():  # one backbone pass serves all K heads
-                        _, hidden = target.forward_train(ids, pos)
+                        _, hidden = target.forward_train(batch.ids, batch.pos, batch.cond)
                 hl, tgt = heads_on_batch(heads, hidden, lab, target.tok_emb.weight, cfg.speech_offset)
             ce, _ = per_head_ce(hl, tgt)
             loss_h = weighted(ce, tc.decay)
@@ -266,7 +268,7 @@ def train_heads(tc: TrainHeadsConfig, *, resume: bool = False, log: Any = print)
             step += 1
             if device.type == "cpu" and step % TRIM_EVERY == 0:
                 release_host_memory()
-            tokens_seen += int((ids != 0).sum())
+            tokens_seen += int((batch.ids != 0).sum())
             now = time.perf_counter()
             hv = float(loss_h.detach())
             ema_h = hv if ema_h is None else 0.98 * ema_h + 0.02 * hv

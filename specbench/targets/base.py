@@ -31,12 +31,17 @@ class Context:
     ``phonemes`` (espeak-ng) feed phoneme-input models such as the built-in target; ``text`` and the
     prompt's transcript ``prompt_text`` feed text-input models (zero-shot cloning templates put the
     transcript before the text); ``prompt_tokens`` are the prompt audio's codec tokens (speech space).
+    ``phones`` (space-separated espeak-ng phone tokens) feed duration-aligned models, which compute them
+    from ``text`` when absent; ``phone_starts`` (seconds, the reference audio's alignment) are used only
+    by teacher-forced scoring of the reference tokens.
     """
 
     text: str
     phonemes: str
     prompt_tokens: torch.Tensor
     prompt_text: str | None = None
+    phones: str | None = None
+    phone_starts: list[float] | None = None
 
 
 @runtime_checkable

@@ -18,15 +18,23 @@ import torch
 
 from specbench.codec.base import SpeechCodec
 from specbench.errors import ModelError
-from specbench.models.codec_lm import CodecLM, KVCache, count_parameters
+from specbench.models.codec_lm import CodecLM, KVCache, count_parameters, frame_conditions, no_conditions
 from specbench.models.static_lm import StaticDecoder, StaticKVCache
 from specbench.targets.base import Context
-from specbench.text import encode_phonemes
+from specbench.text import durations_from_starts, encode_phonemes, encode_phones, phones_of_text
 
 
 def phoneme_ids(ctx: Context) -> torch.Tensor:
-    """The built-in model's text input: phoneme ids of ``ctx.phonemes``."""
+    """The built-in (plain) model's text input: phoneme ids of ``ctx.phonemes``."""
     return torch.tensor(encode_phonemes(ctx.phonemes), dtype=torch.long)
+
+
+def text_ids(model: CodecLM, ctx: Context) -> torch.Tensor:
+    """The model's text input: phone ids for an aligned model (from ``ctx.phones``, else espeak-ng on
+    ``ctx.text``), phoneme-character ids otherwise."""
+    if not model.cfg.aligned:
+        return phoneme_ids(ctx)
+    return torch.tensor(encode_phones(ctx.phones or phones_of_text(ctx.text), model.cfg.phones), dtype=torch.long)
 
 
 class BuiltinTarget:
@@ -58,7 +66,7 @@ class BuiltinTarget:
 
     def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache | StaticKVCache]:
         """``[phonemes][SEP][prompt tokens]`` into a fresh cache preallocated for ``capacity`` more tokens."""
-        text, prompt = phoneme_ids(ctx).to(self._device), ctx.prompt_tokens.to(self._device)
+        text, prompt = text_ids(self.model, ctx).to(self._device), ctx.prompt_tokens.to(self._device)
         cap = text.numel() + 1 + prompt.numel() + capacity
         if self.static is not None:
             return self.static.prefill(text, prompt, capacity=cap)
@@ -81,12 +89,28 @@ class BuiltinTarget:
         return self.static.compile_seconds if self.static is not None and self.compile else 0.0
 
     def score(self, ctx: Context, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher-forced pass over ``[text][SEP][prompt][codes]``; rows from the last prompt slot on."""
-        text = phoneme_ids(ctx).to(self._device)
+        """Teacher-forced pass over ``[text][SEP][prompt][codes]``; rows from the last prompt slot on.
+
+        An aligned model is conditioned on the reference alignment (``ctx.phone_starts``) when the
+        context has one, else on its own predicted durations.
+        """
+        text = text_ids(self.model, ctx).to(self._device)
         prompt = ctx.prompt_tokens.to(self._device)
         ids, pos = self.model.embed_sequence(text, torch.cat([prompt, codes.to(self._device)]))
-        logits, hidden = self.model.forward_train(ids[None], pos[None])
         start = text.numel() + prompt.numel()  # the last prompt token (or SEP) predicts codes[0]
+        cond = None
+        cfg = self.model.cfg
+        if cfg.aligned:
+            if ctx.phone_starts is not None and len(ctx.phone_starts) == text.numel():
+                dur = torch.from_numpy(durations_from_starts(ctx.phone_starts, codes.numel(), cfg.frame_rate)).to(self._device)
+            else:
+                dur = self.model.predict_durations(text, prompt)
+            rows = frame_conditions(text, dur, cfg)
+            t = torch.arange(codes.numel() + 1, device=self._device).clamp(max=rows.shape[0] - 1)
+            cond = no_conditions(ids.numel(), cfg).to(self._device)
+            cond[start : start + codes.numel() + 1] = rows[t]
+            cond = cond[None]
+        logits, hidden = self.model.forward_train(ids[None], pos[None], cond)
         return logits[0, start:], hidden[0, start:]
 
     def speech_embeddings(self) -> torch.Tensor:
@@ -134,5 +158,5 @@ def context_from_ids(text_ids: torch.Tensor, prompt: torch.Tensor) -> Context:
     """A Context whose phonemes encode to ``text_ids`` (phoneme ids, as the built-in model reads them)."""
     from specbench.text import decode_phonemes
 
-    phon = decode_phonemes([int(i) for i in text_ids])
+    phon = decode_phonemes([int(i) for i in text_ids])  # plain (phoneme-character) models only
     return Context(text=phon, phonemes=phon, prompt_tokens=prompt)
