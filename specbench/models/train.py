@@ -349,6 +349,32 @@ def build_layer_draft(target: CodecLM, layers: list[int]) -> CodecLM:
     return draft
 
 
+def transfer_speech_weights(src: CodecLM, dst: CodecLM) -> list[str]:
+    """Copy into ``dst`` what does not depend on the text layout: the blocks, final norm, head, position
+    table and the speech + EOS rows (and SEP) of the token table. Used to warm-start a model with another
+    text front end (phoneme characters → aligned phone tokens) from one that already models the codec's
+    speech; the text rows, the frame conditioning and the duration predictor start fresh. Returns the
+    names of the copied parts."""
+    if (src.cfg.d_model, src.cfg.n_layers, src.cfg.n_heads, src.cfg.d_ff, src.cfg.speech_vocab) != (
+        dst.cfg.d_model,
+        dst.cfg.n_layers,
+        dst.cfg.n_heads,
+        dst.cfg.d_ff,
+        dst.cfg.speech_vocab,
+    ):
+        raise ModelError("init_checkpoint has another shape (width, depth, heads, FFN or codec vocabulary): train with a matching preset")
+    copied = []
+    with torch.no_grad():
+        for name in ("blocks", "ln_f", "head", "pos_emb"):
+            getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+            copied.append(name)
+        n = src.cfg.speech_vocab + 1
+        dst.tok_emb.weight[dst.cfg.speech_offset : dst.cfg.speech_offset + n] = src.tok_emb.weight[src.cfg.speech_offset : src.cfg.speech_offset + n]
+        dst.tok_emb.weight[dst.cfg.sep_id] = src.tok_emb.weight[src.cfg.sep_id]
+        copied.append("tok_emb[SEP, speech, EOS]")
+    return copied
+
+
 def set_trainable(model: CodecLM, parts: list[str]) -> int:
     """Freeze every parameter except the named parts; returns the number of trainable parameters."""
     prefixes = {"embeddings": ("tok_emb.", "pos_emb.", "cond_phone.", "cond_frames."), "ln_f": ("ln_f.",), "head": ("head.",)}
@@ -425,20 +451,27 @@ def train_lm(tc: TrainTargetConfig, *, resume: bool = False, log: Any = print) -
         del target
         cfg = model.cfg
         n_train = set_trainable(model, tc.trainable if tc.init == "target-layers" else ["all"])
-    elif tc.init_checkpoint:
-        model, ick = load_lm(tc.init_checkpoint)
-        if ick.get("codec_id") and ick["codec_id"] != codec.id:
-            raise ModelError(f"init_checkpoint {tc.init_checkpoint} was trained on codec {ick['codec_id']}, not {codec.id}: set codec.path to that codec")
+    else:
+        init = None
+        if tc.init_checkpoint:
+            init, ick = load_lm(tc.init_checkpoint)
+            if ick.get("codec_id") and ick["codec_id"] != codec.id:
+                raise ModelError(f"init_checkpoint {tc.init_checkpoint} was trained on codec {ick['codec_id']}, not {codec.id}: set codec.path to that codec")
+            init_meta = {"init_checkpoint": tc.init_checkpoint}
+        if init is not None and (tc.alignment == "durations") == init.cfg.aligned:
+            model = init  # plain fine-tuning: same layout, the architecture comes from the checkpoint
+        else:
+            cfg = ModelConfig(**(init.cfg.to_dict() if init is not None else tc.lm_config(codec.vocab_size)))
+            cfg = ModelConfig(**{**cfg.to_dict(), "phones": [], "text_vocab": ModelConfig().text_vocab})
+            if tc.alignment == "durations":
+                phones = phone_vocabulary(tc.train_manifest)
+                cfg = ModelConfig(**{**cfg.to_dict(), "phones": phones, "text_vocab": 2 + len(phones), "frame_rate": float(codec.frame_rate)})
+            model = CodecLM(cfg)
+            if init is not None:
+                init_meta["transferred"] = transfer_speech_weights(init, model)
+        del init
         model.train()
         cfg = model.cfg
-        init_meta = {"init_checkpoint": tc.init_checkpoint}
-        n_train = count_parameters(model)
-    else:
-        cfg = ModelConfig(**tc.lm_config(codec.vocab_size))
-        if tc.alignment == "durations":
-            phones = phone_vocabulary(tc.train_manifest)
-            cfg = ModelConfig(**{**cfg.to_dict(), "phones": phones, "text_vocab": 2 + len(phones), "frame_rate": float(codec.frame_rate)})
-        model = CodecLM(cfg)
         n_train = count_parameters(model)
     model = model.to(device)
     train_ex = load_examples(tc.train_manifest, codec, cfg)
