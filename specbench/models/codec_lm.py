@@ -217,7 +217,7 @@ class DurationPredictor(nn.Module):
 
     ``Enc`` is a small bidirectional pre-LN transformer encoder over the phone sequence; ``s`` is a
     linear map of the mean embedding of the prompt's codec tokens (speaking rate differs by voice).
-    Trained with cross-entropy on the synthesiser's durations; inference takes the argmax.
+    Trained with cross-entropy on the synthesiser's durations; inference takes the rounded mean.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -340,11 +340,15 @@ class CodecLM(nn.Module):
         return self.duration(emb, pad, mean)
 
     def predict_durations(self, phone_ids: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """Frames per phone (argmax of the duration predictor) for one utterance; at least one frame in all."""
+        """Frames per phone (the rounded mean of the duration predictor's distribution) for one utterance;
+        at least one frame in all."""
         dev = phone_ids.device
         no_pad = torch.zeros(1, phone_ids.numel(), dtype=torch.bool, device=dev)
         logits = self.duration_logits(phone_ids[None], no_pad, prompt[None], torch.zeros(1, prompt.numel(), dtype=torch.bool, device=dev))
-        dur = logits[0].argmax(-1)
+        # the rounded mean, not the argmax: duration distributions are skewed (long tails for pauses and
+        # stressed vowels), and the mode under-estimates every such phone, so whole utterances came out short
+        probs = torch.softmax(logits[0].float(), -1)
+        dur = (probs @ torch.arange(probs.shape[-1], device=dev, dtype=probs.dtype)).round().long()
         if int(dur.sum()) == 0 and dur.numel():
             dur[0] = 1
         return dur
