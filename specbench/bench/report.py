@@ -5,7 +5,9 @@ Definitions (docs/metrics.md): per (decoder, utterance) the median over repeats 
 tokens_per_s(baseline) over the SAME utterances; ``latency_speedup`` = Σ lm_seconds(baseline) /
 Σ lm_seconds(method); ``call_speedup`` = Σ target_calls(baseline) / Σ target_calls(method);
 ``mean_accepted_len`` = Σ tokens / Σ rounds; ``draft_accept_rate`` = Σ accepted / Σ proposed;
-``wer``/``cer``/``sim``/``sim_other`` = means over rows, ``wer_median`` = median per-utterance WER. The baseline is the decoder with method
+``wer``/``cer``/``sim``/``sim_other`` = means over rows, ``wer_median`` = median per-utterance WER,
+``asr_loops`` = number of scored clips whose transcript is an ASR repetition loop (the score rows'
+``asr_loop``; :mod:`specbench.scoring.loops`). The baseline is the decoder with method
 ``baseline`` named ``baseline`` (else the first baseline-method decoder).
 
 With ``repeats > 1`` every metric is also computed on each repeat alone (speedups against the
@@ -45,11 +47,13 @@ SPEED_COLS = [
     "latency_speedup",
     "call_speedup",
 ]
-QUALITY_COLS = ["wer", "wer_median", "cer", "sim", "sim_other"]
+QUALITY_COLS = ["wer", "wer_median", "asr_loops", "cer", "sim", "sim_other"]
+# quality columns that are counts over all scored clips (every repeat), not means: no ``_std`` column
+COUNT_COLS = ["asr_loops"]
 PARAM_COLS = ["proposer", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
-# metrics that get a ``<metric>_std`` column over repeats (all of them: under sampling every repeat
-# draws new tokens, so even counts such as target_calls vary between repeats)
-STD_METRICS = [*SPEED_COLS, *QUALITY_COLS]
+# metrics that get a ``<metric>_std`` column over repeats (all but the counts: under sampling every
+# repeat draws new tokens, so even counts such as target_calls vary between repeats)
+STD_METRICS = [*SPEED_COLS, *(c for c in QUALITY_COLS if c not in COUNT_COLS)]
 # numeric per-utterance columns a decoder may add to its records (e.g. PCG group statistics); they
 # are averaged per decoder so that paper tables can show them without the report knowing each one
 EXTRA_PREFIXES = ("group_",)
@@ -180,11 +184,25 @@ def _repeat_spread(d: pd.DataFrame, base: pd.DataFrame | None) -> dict[str, floa
     return out
 
 
+def _asr_loops(d: pd.DataFrame) -> int | None:
+    """How many scored rows of ``d`` are ASR loops: the rows' ``asr_loop`` flag, recomputed from ``hyp``
+    for rows scored before the flag existed; None when no row carries either."""
+    from specbench.scoring.loops import is_asr_loop
+
+    scored = d[d["wer"].notna()] if "wer" in d else d.iloc[:0]
+    flags = scored["asr_loop"] if "asr_loop" in scored else pd.Series(None, index=scored.index, dtype=object)
+    hyps = scored["hyp"] if "hyp" in scored else pd.Series(None, index=scored.index, dtype=object)
+    known = [bool(f) if pd.notna(f) else is_asr_loop(str(h)) for f, h in zip(flags, hyps, strict=True) if pd.notna(f) or isinstance(h, str)]
+    return int(sum(known)) if known else None
+
+
 def _quality(d: pd.DataFrame) -> dict[str, Any]:
-    """Means over scored rows; WER/CER pooled over the corpus when the normaliser's convention says so."""
-    out = {c: (d[c].astype(float).mean() if c in d and d[c].notna().any() else None) for c in QUALITY_COLS}
+    """Means over scored rows (counts for :data:`COUNT_COLS`); WER/CER pooled over the corpus when the
+    normaliser's convention says so."""
+    out = {c: (d[c].astype(float).mean() if c in d and d[c].notna().any() else None) for c in QUALITY_COLS if c not in COUNT_COLS}
     # robust to the few clips on which a small ASR loops ("pah, pah, pah ...": per-utterance WER ≫ 1)
     out["wer_median"] = float(d["wer"].astype(float).median()) if "wer" in d and d["wer"].notna().any() else None
+    out["asr_loops"] = _asr_loops(d)  # ... and how many such clips there are
     if "normalizer" in d and d["normalizer"].notna().any():
         from specbench.scoring.wer import DEFAULT_AGGREGATION, aggregate_cer, aggregate_wer
 
@@ -248,7 +266,7 @@ def header_lines(out: Path, df: pd.DataFrame, cfg: RunConfig | None) -> list[str
 
 
 # columns whose numbers are settings or counts: shown as integers when integral (γ 3, not 3.000)
-INT_LIKE = {"gamma", "tau", "n", "repeats"}
+INT_LIKE = {"gamma", "tau", "n", "repeats", "asr_loops"}
 
 
 def _fmt(v: Any, col: str = "") -> str:

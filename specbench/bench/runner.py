@@ -774,7 +774,8 @@ def _score_row(
     prompt_emb: dict[str, np.ndarray],
     prompt_spk: dict[str, str],
 ) -> dict[str, Any]:
-    """Score one record (WER/CER from ``hyp``, SIM and SIM-other): its ``scores.jsonl`` row."""
+    """Score one record (WER/CER from ``hyp``, the ASR loop flag, SIM and SIM-other): its ``scores.jsonl`` row."""
+    from specbench.scoring.loops import LOOP_RULE, is_asr_loop
     from specbench.scoring.speaker import cosine
     from specbench.scoring.wer import utterance_wer
 
@@ -792,6 +793,8 @@ def _score_row(
         "ref_chars": w["ref_chars"],
         "char_edits": w["char_edits"],
         "hyp": hyp,
+        "asr_loop": is_asr_loop(hyp),
+        "loop_rule": LOOP_RULE,
         "sim": cosine(emb, prompt_emb[r["prompt_audio"]]) if emb is not None else None,
         "sim_other": float(np.mean(others)) if (others and cfg.scoring.cross_speaker) else None,
     }

@@ -5,6 +5,13 @@ mel bands up to 8 kHz, ``log(max(mel, 1e-5))``. Quantisation: one codebook of ``
 Lloyd's algorithm on a seeded sample of frames (deterministic). Synthesis: ``exp(centroid)`` → least-
 squares inverse of the mel filterbank (clamped at 0) → fast Griffin-Lim (momentum 0.99) with a seeded
 initial phase. Plain torch + librosa's filterbank; no torchaudio.
+
+Decoding is bit-reproducible: the same tokens give the same samples in every process, at any thread
+count, and on CPUs whose BLAS/LAPACK and vectorised kernels differ. Griffin-Lim amplifies rounding
+differences in its input to differences of up to ~1 % of the peak in its output, so synthesis uses no
+BLAS or LAPACK (their kernels are chosen per CPU and round differently) and no complex arithmetic
+kernels: the filterbank inverse is computed by :func:`mel_pinv` and applied by an elementwise sum in a
+fixed order (docs/metrics.md "Reproducible scores").
 """
 
 from __future__ import annotations
@@ -35,6 +42,31 @@ class MelConfig:
     griffin_lim_iters: int = 48
 
 
+def mel_pinv(fb: np.ndarray) -> torch.Tensor:
+    """Moore-Penrose inverse ``fbᵀ (fb fbᵀ)⁻¹`` of a full-row-rank ``[n_mels, n_freq]`` filterbank, as
+    float32 ``[n_freq, n_mels]``, bit-identical on every CPU.
+
+    Computed in float64 from elementwise numpy operations in a fixed order, never BLAS/LAPACK (whose
+    results differ by CPU): the Gram matrix ``fb fbᵀ`` accumulated frequency bin by bin, then
+    Gauss-Jordan elimination without pivoting (the Gram matrix is symmetric positive definite; the
+    Slaney mel filterbank's condition number is 4.5), then rounded to float32.
+    """
+    f = np.asarray(fb, dtype=np.float64)
+    n_mels, n_freq = f.shape
+    gram = np.zeros((n_mels, n_mels))
+    for i in range(n_freq):
+        gram += np.multiply.outer(f[:, i], f[:, i])
+    aug = np.concatenate([gram, f], axis=1)  # [G | fb] → [I | G⁻¹ fb]
+    for k in range(n_mels):
+        if not aug[k, k] > 0:
+            raise ModelError("the mel filterbank is rank-deficient (an empty mel band): use fewer mel bands or a larger n_fft")
+        aug[k] = aug[k] / aug[k, k]
+        col = aug[:, k].copy()
+        col[k] = 0.0
+        aug -= np.multiply.outer(col, aug[k])
+    return torch.from_numpy(np.ascontiguousarray(aug[:, n_mels:].T).astype(np.float32))
+
+
 class MelFrontend:
     """Waveform → log-mel frames, and log-mel frames → waveform (Griffin-Lim)."""
 
@@ -44,7 +76,7 @@ class MelFrontend:
         self.cfg = cfg
         fb = librosa.filters.mel(sr=cfg.sample_rate, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmax=cfg.f_max)
         self.fb = torch.from_numpy(fb).float()  # [n_mels, n_freq]
-        self.fb_pinv = torch.linalg.pinv(self.fb)  # [n_freq, n_mels]
+        self.fb_pinv = mel_pinv(fb)  # [n_freq, n_mels]
         self.window = torch.hann_window(cfg.n_fft)
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
@@ -58,28 +90,53 @@ class MelFrontend:
         """Reflect padding needs more than n_fft/2 samples; shorter signals are zero-padded instead."""
         return "reflect" if n_samples > self.cfg.n_fft // 2 else "constant"
 
+    def linear_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """``[n_mels, frames]`` mel magnitudes → ``[n_freq, frames]``: ``fb_pinv @ mel`` summed band by band
+        in a fixed order with separate multiplies and adds (no BLAS, no fused multiply-add), so every
+        CPU gets the same bits."""
+        out = torch.zeros(self.fb_pinv.shape[0], mel.shape[1])
+        for k in range(mel.shape[0]):
+            out += self.fb_pinv[:, k : k + 1] * mel[k : k + 1]
+        return out
+
     def invert(self, log_mel: torch.Tensor, seed: int = 0) -> torch.Tensor:
-        """``[frames, n_mels]`` log-mel → waveform by pinv-mel and fast Griffin-Lim."""
+        """``[frames, n_mels]`` log-mel → waveform by pinv-mel and fast Griffin-Lim.
+
+        Deterministic: the initial phase is drawn from a fresh ``torch.Generator`` seeded with ``seed``
+        on every call (never the global RNG), so equal inputs give bit-identical waveforms. Outside the
+        FFTs and ``exp``/``cos``/``sin`` every step is a correctly rounded elementwise operation
+        (+, −, ×, ÷, √) on real tensors: no BLAS (:meth:`linear_magnitude`) and no complex multiply,
+        divide or ``abs``, whose vectorised kernels differ between CPU instruction sets (complex
+        ``abs`` changed a clip's waveform between torch's AVX2 and default kernels), so the samples do
+        not depend on the CPU either.
+        """
         cfg = self.cfg
-        mag = torch.clamp(self.fb_pinv @ torch.exp(log_mel.T), min=0.0)  # [n_freq, frames]
+        mag = torch.clamp(self.linear_magnitude(torch.exp(log_mel.T)), min=0.0)  # [n_freq, frames]
         n_samples = (mag.shape[1] - 1) * cfg.hop_length
         if n_samples == 0:  # a single frame spans no hop: nothing to synthesise
             return torch.zeros(0)
         pad_mode = self._pad_mode(n_samples)
         gen = torch.Generator().manual_seed(seed)
-        angles = torch.exp(2j * torch.pi * torch.rand(mag.shape, generator=gen))
+        # uniform phase in float64, rounded to float32 (a last-bit difference of cos/sin between CPUs
+        # almost never survives the rounding); phases are (re, im) pairs in a trailing dimension of 2
+        phase = 2 * torch.pi * torch.rand(mag.shape, generator=gen, dtype=torch.float64)
+        angles = torch.stack([torch.cos(phase), torch.sin(phase)], dim=-1).float()
+        mag2 = mag[..., None]
+
+        def synth(unit: torch.Tensor) -> torch.Tensor:
+            return torch.istft(torch.view_as_complex(mag2 * unit), cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
+
         prev = torch.zeros_like(angles)
-        wav = torch.zeros(n_samples)
         for _ in range(cfg.griffin_lim_iters):
-            wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
-            rebuilt = torch.stft(wav, cfg.n_fft, cfg.hop_length, window=self.window, return_complex=True, pad_mode=pad_mode)
+            wav = synth(angles)
+            rebuilt = torch.view_as_real(torch.stft(wav, cfg.n_fft, cfg.hop_length, window=self.window, return_complex=True, pad_mode=pad_mode))
             # fast Griffin-Lim (Perraudin et al. 2013): extrapolate c = t + a(t - t_prev), a = 0.99;
             # up to the factor (1 + a), which the normalisation below removes, that is t - a/(1+a) t_prev
             accel = rebuilt - (0.99 / 1.99) * prev
             prev = rebuilt
-            angles = accel / accel.abs().clamp(min=1e-8)
-        wav = torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=self.window, length=n_samples)
-        return wav
+            re, im = accel[..., 0], accel[..., 1]
+            angles = accel / torch.sqrt(re * re + im * im).clamp(min=1e-8)[..., None]
+        return synth(angles)
 
 
 def kmeans(frames: torch.Tensor, k: int, iters: int, seed: int, chunk: int = 65536) -> torch.Tensor:

