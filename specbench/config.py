@@ -412,7 +412,9 @@ class TrainTargetConfig(Strict):
     seed: int = 0
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
-    # start from these weights (fine-tuning; the architecture comes from the checkpoint, preset/model unused)
+    # start from these weights (fine-tuning; the architecture comes from the checkpoint, preset/model unused);
+    # with another ``alignment`` than the checkpoint's, only its speech part is transferred
+    # (models/train.py: transfer_speech_weights)
     init_checkpoint: str | None = None
     # probability that a history token of the target segment is replaced by the model's own sample
     # (two-pass scheduled sampling, see models/train.py); 0 = plain teacher forcing
