@@ -115,3 +115,26 @@ def test_aligned_model_needs_conditions() -> None:
     model = _model()
     with pytest.raises(ValueError, match="frame conditions"):
         model.forward_train(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_synthesis_does_not_depend_on_what_was_spoken_before(tmp_path) -> None:
+    """libespeak-ng keeps state between syntheses; each item is spoken from the same fresh state."""
+    from specbench.data.synthetic import Item, _speaker, _write_item
+
+    items = [
+        Item(f"{spk.speaker_id}_test_{i:06d}_000000", spk, text)
+        for i, (spk, text) in enumerate(
+            [
+                (_speaker("m5", 42), "The quick brown fox, having jumped, rested near the old lazy dog."),
+                (_speaker("klatt", 58), "Another sentence entirely, with some words."),
+                (_speaker("f2", 42), "A third one, to move the library's state along."),
+            ]
+        )
+    ]
+    for order, root in ((items, tmp_path / "a"), (items[::-1], tmp_path / "b")):
+        for item in order:
+            _write_item(root, item)
+    for item in items:
+        rel = f"{item.speaker.speaker_id}/test/{item.utt_id}"
+        for ext in (".wav", ".align.json"):
+            assert (tmp_path / "a" / (rel + ext)).read_bytes() == (tmp_path / "b" / (rel + ext)).read_bytes(), rel + ext

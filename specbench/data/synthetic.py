@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ from specbench.data.espeak_lib import espeak_library
 from specbench.data.fortunes import DEFAULT_FORTUNE_DIR, load_sentences
 from specbench.data.libritts import build_manifest
 from specbench.data.manifest import Manifest
-from specbench.errors import DataError
+from specbench.errors import DataError, DependencyError
 
 SAMPLE_RATE = 16000
 VARIANTS = ("m7", "m5", "m4", "f2", "klatt", "klatt2")
@@ -108,19 +110,45 @@ def synthesize(item: Item, wav_path: Path) -> tuple[str, list[str], list[float]]
 
 
 def _write_item(split_dir: Path, item: Item) -> None:
+    """Synthesise one item into its LibriTTS-layout folder (skipped when complete).
+
+    libespeak-ng carries state from one synthesis to the next (measured: the same sentence and voice
+    came out 114,596 or 115,049 samples long, phone starts shifted by up to 20 ms, depending on what the
+    process had spoken before), so a corpus built by a pool of workers depended on how items were
+    scheduled. Each item is therefore spoken in a child forked from a worker whose library is initialised
+    but has never spoken: every item starts from the same state and the audio depends only on the item.
+    """
     chapter = item.utt_id.split("_")[1]
     folder = split_dir / item.speaker.speaker_id / chapter
     wav = folder / f"{item.utt_id}.wav"
-    side = folder / f"{item.utt_id}.phonemes.txt"
-    align = folder / f"{item.utt_id}.align.json"
-    if wav.is_file() and side.is_file() and align.is_file():
+    if wav.is_file() and (folder / f"{item.utt_id}.phonemes.txt").is_file() and (folder / f"{item.utt_id}.align.json").is_file():
         return
     folder.mkdir(parents=True, exist_ok=True)
+    if not hasattr(os, "fork"):  # no fork (Windows): in process, order-dependent timings
+        _speak_item(folder, item)
+        return
+    espeak_library()  # initialised once per worker, before the first fork; it never speaks itself
+    pid = os.fork()
+    if pid == 0:  # the child: speak, write, leave without running the parent's cleanup
+        code = 0
+        try:
+            _speak_item(folder, item)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent through the exit code
+            print(f"espeak-ng failed on {item.utt_id}: {exc}", file=sys.stderr)
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise DependencyError(f"espeak-ng could not synthesise {item.utt_id} ({item.speaker.voice}): check the espeak-ng install and rerun prepare")
+
+
+def _speak_item(folder: Path, item: Item) -> None:
+    wav = folder / f"{item.utt_id}.wav"
     phonemes, phones, starts = synthesize(item, wav)
     (folder / f"{item.utt_id}.normalized.txt").write_text(item.text + "\n", encoding="utf-8")
     (folder / f"{item.utt_id}.original.txt").write_text(item.text + "\n", encoding="utf-8")
-    align.write_text(json.dumps({"phones": phones, "starts": starts}) + "\n", encoding="utf-8")
-    side.write_text(phonemes + "\n", encoding="utf-8")  # written last: marks the item complete
+    (folder / f"{item.utt_id}.align.json").write_text(json.dumps({"phones": phones, "starts": starts}) + "\n", encoding="utf-8")
+    (folder / f"{item.utt_id}.phonemes.txt").write_text(phonemes + "\n", encoding="utf-8")  # written last: marks the item complete
 
 
 def prepare_synthetic(
