@@ -10,6 +10,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 from test_cli import fails
+from test_compile import PROMPT, TEXT, _models
+from test_compile import _heads as _heads_for
 
 from specbench.config import load_recipe
 from specbench.decoding import generate as generate_module
@@ -19,7 +21,6 @@ from specbench.decoding.proposers import DraftChainProposer, HeadsProposer
 from specbench.decoding.sampling import Repetition, Sampling, next_token, repetition_mask, tree_histories, warp
 from specbench.decoding.tree import chain_shape, dense_shape, load_tree
 from specbench.decoding.tree_rules import greedy_tree, recursive_rejection, sample_tau
-from specbench.models.codec_lm import CodecLM, ModelConfig
 from specbench.models.heads import DraftHeads, HeadsConfig
 from specbench.targets.base import Context
 from specbench.targets.builtin import as_target, context_from_ids
@@ -223,37 +224,7 @@ def test_the_exactness_check_sees_a_history_bug(monkeypatch: pytest.MonkeyPatch)
 
 
 # ---- greedy RAS on a real (tiny) model --------------------------------------------------------------
-CFG = dict(speech_vocab=24, d_model=32, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)
-TEXT = torch.arange(2, 14)
-PROMPT = torch.arange(0, 10) % 24
-
-
-def _models() -> tuple[CodecLM, CodecLM]:
-    """tests/test_speculative.py's target and partly-agreeing draft (same seeds, so the same weights)."""
-    torch.manual_seed(0)
-    target = CodecLM(ModelConfig(n_layers=2, **CFG)).eval()
-    with torch.no_grad():
-        target.head.bias[target.cfg.eos] = -1e4
-    torch.manual_seed(1)
-    draft = CodecLM(ModelConfig(n_layers=1, **CFG)).eval()
-    with torch.no_grad():
-        draft.tok_emb.weight.copy_(target.tok_emb.weight)
-        draft.pos_emb.weight.copy_(target.pos_emb.weight)
-        draft.head.load_state_dict(target.head.state_dict())
-        draft.ln_f.load_state_dict(target.ln_f.state_dict())
-    return target, draft
-
-
-def _heads_for(target: CodecLM) -> DraftHeads:
-    """tests/test_tree.py's heads: the target's LM head copied, plus noise."""
-    torch.manual_seed(5)
-    heads = DraftHeads.from_target(as_target(target), n_heads=3, n_layers=1)
-    with torch.no_grad():
-        for p in heads.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return heads.eval()
-
-
+# greedy RAS on a real (tiny) model: tests/test_compile.py's target, partly-agreeing draft and heads
 def test_greedy_ras_is_lossless_for_the_greedy_rules_and_never_emits_an_over_token() -> None:
     target, draft = _models()
     t, ctx = as_target(target), lambda: context_from_ids(TEXT, PROMPT)

@@ -167,10 +167,9 @@ class Alignment:
     """The frame conditioning of one aligned utterance: ``table[t]`` is added to the slot that predicts
     frame ``t`` (``t = speech position - prompt_len + 1``); rows past the last frame repeat the END row."""
 
-    def __init__(self, table: torch.Tensor, prompt_len: int, durations: torch.Tensor) -> None:
+    def __init__(self, table: torch.Tensor, prompt_len: int) -> None:
         self.table = table
         self.prompt_len = prompt_len
-        self.durations = durations
 
     @property
     def frames(self) -> int:
@@ -204,6 +203,20 @@ def frame_conditions(phone_ids: torch.Tensor, durations: torch.Tensor, cfg: Mode
     last = phone_ids[-1] if n else end[0]
     end_row = torch.stack([end[0], last, end[0], torch.tensor(0, device=dev), torch.tensor(0, device=dev)])
     return torch.cat([rows, end_row[None]], 0)
+
+
+def sequence_conditions(n_slots: int, start: int, n_codes: int, phone_ids: torch.Tensor, durations: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """``[n_slots, 5]`` conditioning ids of a teacher-forced ``[text][SEP][prompt][codes]`` sequence.
+
+    Slot ``start + t`` predicts frame ``t`` (``t = 0..n_codes``, the last one EOS) and gets row ``t`` of
+    :func:`frame_conditions` (frames past the durations' end get the END row, as at inference); every
+    other slot gets :func:`no_conditions`.
+    """
+    rows = frame_conditions(phone_ids, durations, cfg)
+    t = torch.arange(n_codes + 1, device=rows.device).clamp(max=rows.shape[0] - 1)
+    cond = no_conditions(n_slots, cfg).to(rows.device)
+    cond[start : start + n_codes + 1] = rows[t]
+    return cond
 
 
 def no_conditions(n: int, cfg: ModelConfig) -> torch.Tensor:
@@ -353,11 +366,10 @@ class CodecLM(nn.Module):
             dur[0] = 1
         return dur
 
-    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor, durations: torch.Tensor | None = None) -> Alignment:
-        """The frame conditioning of one utterance (durations predicted unless given)."""
-        dur = self.predict_durations(phone_ids, prompt) if durations is None else durations.to(phone_ids.device)
-        table = self.condition(frame_conditions(phone_ids, dur, self.cfg))
-        return Alignment(table, prompt.numel(), dur)
+    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor) -> Alignment:
+        """The frame conditioning of one utterance, from its predicted durations."""
+        dur = self.predict_durations(phone_ids, prompt)
+        return Alignment(self.condition(frame_conditions(phone_ids, dur, self.cfg)), prompt.numel())
 
     # ---- inference ------------------------------------------------------------------------------
     def text_positions(self, n: int, device: torch.device) -> torch.Tensor:
@@ -383,14 +395,12 @@ class CodecLM(nn.Module):
         p = self.head.weight
         return KVCache(self.cfg.n_layers, self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads, capacity, p.device, p.dtype)
 
-    def prefill(
-        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    def prefill(self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """Run ``[text][SEP][prompt]`` into a fresh cache.
 
         Returns ``(logits of the last position [speech_vocab+1], its hidden state [d], cache)``.
         ``capacity`` pre-sizes the cache for the tokens to come (it grows if needed). Aligned models
-        predict the durations here (or take ``durations``) and keep the alignment on the cache.
+        predict the durations here and keep the alignment on the cache.
         """
         if text_ids.numel() + 1 > self.cfg.max_text_len:
             raise ValueError(f"text of {text_ids.numel()} tokens exceeds max_text_len={self.cfg.max_text_len}")
@@ -398,7 +408,7 @@ class CodecLM(nn.Module):
         cache = self.new_cache(max(capacity, ids.numel() + 1))
         h = self.tok_emb(ids) + self.pos_emb(pos)
         if self.cfg.aligned:
-            cache.alignment = self.alignment(text_ids, prompt, durations)
+            cache.alignment = self.alignment(text_ids, prompt)
             h = torch.cat([h[:-1], h[-1:] + cache.alignment.table[:1]])  # the last slot predicts frame 0
         h = h.unsqueeze(0)
         for i, blk in enumerate(self.blocks):

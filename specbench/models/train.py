@@ -36,7 +36,7 @@ from specbench.device import release_host_memory, resolve_device, set_threads
 from specbench.errors import DataError, ModelError, RunStateError
 from specbench.jsonl import append_jsonl
 from specbench.models.checkpoint import load_checkpoint, save_atomic
-from specbench.models.codec_lm import CodecLM, ModelConfig, count_parameters, frame_conditions, no_conditions
+from specbench.models.codec_lm import CodecLM, ModelConfig, count_parameters, no_conditions, sequence_conditions
 from specbench.models.lm_io import KIND, export_model, model_payload
 from specbench.text import durations_from_starts, encode_phonemes, encode_phones
 
@@ -115,8 +115,7 @@ def build_sequence(ex: Example, prompt: np.ndarray, cfg: ModelConfig) -> TrainSe
     if not cfg.aligned:
         return TrainSequence(ids, pos, labels)
     assert ex.durations is not None
-    cond = no_conditions(len(ids), cfg).numpy()
-    cond[start : start + t + 1] = frame_conditions(torch.from_numpy(ex.text), torch.from_numpy(ex.durations), cfg).numpy()
+    cond = sequence_conditions(len(ids), start, t, torch.from_numpy(ex.text), torch.from_numpy(ex.durations), cfg).numpy()
     dur = np.minimum(ex.durations, cfg.max_phone_frames - 1)
     return TrainSequence(ids, pos, labels, cond, ex.text, dur, prompt)
 

@@ -18,7 +18,7 @@ import torch
 
 from specbench.codec.base import SpeechCodec
 from specbench.errors import ModelError
-from specbench.models.codec_lm import CodecLM, KVCache, count_parameters, frame_conditions, no_conditions
+from specbench.models.codec_lm import CodecLM, KVCache, count_parameters, sequence_conditions
 from specbench.models.static_lm import StaticDecoder, StaticKVCache
 from specbench.targets.base import Context
 from specbench.text import durations_from_starts, encode_phonemes, encode_phones, phones_of_text
@@ -105,11 +105,7 @@ class BuiltinTarget:
                 dur = torch.from_numpy(durations_from_starts(ctx.phone_starts, codes.numel(), cfg.frame_rate)).to(self._device)
             else:
                 dur = self.model.predict_durations(text, prompt)
-            rows = frame_conditions(text, dur, cfg)
-            t = torch.arange(codes.numel() + 1, device=self._device).clamp(max=rows.shape[0] - 1)
-            cond = no_conditions(ids.numel(), cfg).to(self._device)
-            cond[start : start + codes.numel() + 1] = rows[t]
-            cond = cond[None]
+            cond = sequence_conditions(ids.numel(), start, codes.numel(), text, dur, cfg)[None]
         logits, hidden = self.model.forward_train(ids[None], pos[None], cond)
         return logits[0, start:], hidden[0, start:]
 
