@@ -205,3 +205,60 @@ def test_token_vectors_are_the_centroids(codec: KMeansMelCodec) -> None:
     vec = codec.token_vectors()
     assert vec.shape == (codec.vocab_size, 80)
     assert torch.equal(vec, codec.centroids)
+
+
+def test_smooth_frames_is_the_normalised_kernel() -> None:
+    from specbench.codec.kmeans_mel import smooth_frames
+
+    impulse = torch.zeros(7, 2)
+    impulse[3] = 1.0
+    out = smooth_frames(impulse, (1.0, 2.0, 1.0))
+    assert torch.allclose(out[:, 0], torch.tensor([0, 0, 0.25, 0.5, 0.25, 0, 0])) and torch.equal(out[:, 0], out[:, 1])
+    const = torch.full((5, 3), -2.5)
+    assert torch.allclose(smooth_frames(const, (1.0, 4.0, 6.0, 4.0, 1.0)), const)  # edges repeat the end frames
+    x = torch.randn(9, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(smooth_frames(x, (3.0,)), x)
+    edge = smooth_frames(x, (1.0, 2.0, 1.0))[0]
+    assert torch.allclose(edge, 0.75 * x[0] + 0.25 * x[1])
+    assert smooth_frames(x[:0], (1.0, 2.0, 1.0)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("kernel", [(1.0, 2.0), (1.0, -1.0, 1.0), (0.0, 0.0, 0.0)])
+def test_smooth_frames_rejects_bad_kernels(kernel: tuple[float, ...]) -> None:
+    from specbench.codec.kmeans_mel import smooth_frames
+
+    with pytest.raises(ModelError, match="codec.synthesis_kernel") as err:
+        smooth_frames(torch.zeros(4, 2), kernel)
+    assert "\n" not in str(err.value)
+
+
+def test_decode_smooths_centroids_before_griffin_lim(codec: KMeansMelCodec, tmp_path: Path) -> None:
+    """Decoding = Griffin-Lim of the smoothed centroid sequence; the kernel changes audio, never tokens or the id."""
+    from specbench.codec.kmeans_mel import smooth_frames
+
+    codec.save(tmp_path / "codec.pt")
+    plain = load_codec("kmeans-mel", str(tmp_path / "codec.pt"), synthesis_kernel=(1.0,))
+    default = load_codec("kmeans-mel", str(tmp_path / "codec.pt"))
+    assert default.synthesis_kernel == (1.0, 2.0, 1.0) and plain.id == default.id == codec.id
+    assert plain.synthesis_id == "smooth[1]+griffin-lim48" and default.synthesis_id == "smooth[1-2-1]+griffin-lim48"
+    tokens = codec.encode(_synthetic(1.0, 4), SR)
+    assert len(set(tokens.tolist())) > 3
+    wav_plain, _ = plain.decode(tokens)
+    wav_default, _ = default.decode(tokens)
+    assert not np.array_equal(wav_plain, wav_default)
+    expected = codec.frontend.invert(smooth_frames(codec.centroids[tokens], (1.0, 2.0, 1.0))).numpy()
+    expected = expected * min(1.0, 0.99 / float(np.abs(expected).max()))
+    assert np.allclose(wav_default, expected, atol=1e-6)
+
+
+def test_synthesis_kernel_config() -> None:
+    from pydantic import ValidationError
+
+    from specbench.codec import codec_from_config
+    from specbench.config import CodecConfig
+
+    assert codec_from_config(CodecConfig(synthesis_kernel=[1, 4, 1])).synthesis_kernel == (1.0, 4.0, 1.0)
+    with pytest.raises(ValidationError, match="synthesis_kernel is for kind kmeans-mel"):
+        CodecConfig(kind="encodec", path="x", synthesis_kernel=[1, 2, 1])
+    with pytest.raises(ModelError, match="odd number"):
+        codec_from_config(CodecConfig(synthesis_kernel=[1, 1]))

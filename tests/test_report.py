@@ -480,3 +480,28 @@ def test_asr_loops_are_counted_next_to_wer() -> None:
     # score rows without a transcript or flag (older runs, hand-made tables) leave the column empty
     bare = summarize(pd.DataFrame([{k: v for k, v in r.items() if k not in ("hyp", "asr_loop")} for r in rows]))
     assert bare["asr_loops"].isna().all()
+
+
+def test_wer_delta_is_paired_against_the_baseline() -> None:
+    """``wer_delta`` = mean over utterances of the capped per-utterance WER difference to the baseline (repeats
+    averaged first), with its bootstrap interval; none for the baseline and the reference rows; shown as one cell."""
+    from specbench.bench.report import display_frame
+
+    timing = {"tokens": 10, "target_calls": 10, "rounds": 10, "proposed": 0, "accepted": 0, "lm_seconds": 0.1, "tokens_per_s": 100.0, "lm_rtf": 0.5, "e2e_rtf": 0.6}
+    rows = []
+    for i in range(6):
+        for rep in (0, 1):
+            rows.append({"decoder": "baseline", "method": "baseline", "kind": "decoder", "utt_id": f"u{i}", "repeat": rep, **timing, "wer": 0.1 * i})
+            # worse by 0.2 on average over the two repeats; u5's 5.0 is an ASR loop, capped at 1
+            w = 5.0 if i == 5 else 0.1 * i + (0.1 if rep == 0 else 0.3)
+            rows.append({"decoder": "ssd", "method": "speculative", "kind": "decoder", "utt_id": f"u{i}", "repeat": rep, **timing, "wer": w})
+    rows.append({"decoder": "ground_truth", "method": "ground_truth", "kind": "reference", "utt_id": "u0", "repeat": 0, "wer": 0.0})
+    table = summarize(pd.DataFrame(rows)).set_index("decoder")
+    expected = (5 * 0.2 + (1.0 - 0.5)) / 6
+    assert table.loc["ssd", "wer_delta"] == pytest.approx(expected)
+    assert table.loc["ssd", "wer_delta_lo"] <= expected <= table.loc["ssd", "wer_delta_hi"]
+    assert pd.isna(table.loc["baseline", "wer_delta"]) and pd.isna(table.loc["ground_truth", "wer_delta"])
+    shown = display_frame(table.reset_index()).set_index("decoder")
+    assert "wer_delta_lo" not in shown.columns and shown.loc["baseline", "wer_delta"] == ""
+    lo, hi = table.loc["ssd", "wer_delta_lo"], table.loc["ssd", "wer_delta_hi"]
+    assert shown.loc["ssd", "wer_delta"] == f"{expected:+.3f} [{lo:+.3f}, {hi:+.3f}]"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from specbench.bench.report import display_frame, load_summary
+from specbench.bench.report import DELTA_COLS, display_frame, load_summary
 from specbench.errors import ConfigError, RunStateError
 from specbench.jsonl import write_text_atomic
 
@@ -102,6 +102,7 @@ class Layout:
 COMMON_METRICS = (
     ("wer", "WER"),
     ("wer_median", "WER median"),
+    ("wer_delta", "WER Δ vs baseline [95 % CI]"),
     ("sim", "SIM"),
     ("lm_rtf", "LM-RTF"),
     ("latency_speedup", "speedup (LM-RTF ratio)"),
@@ -148,6 +149,7 @@ LAYOUTS: dict[str, Layout] = {
             ("latency_speedup", "speedup (LM-RTF ratio)"),
             ("wer", "WER"),
             ("wer_median", "WER median"),
+            ("wer_delta", "WER Δ vs baseline [95 % CI]"),
             ("sim", "SIM"),
             ("lm_rtf", "LM-RTF"),
         ),
@@ -171,6 +173,8 @@ def _section(rows: pd.DataFrame, keys: tuple[tuple[str, str], ...], metrics: tup
     """One Markdown table: settings, metrics (± std over repeats), extra stats, then the decoder name."""
     metric_cols = [c for c, _ in metrics] + extra
     cols = [c for c, _ in keys] + [x for c in metric_cols for x in (c, f"{c}_std")] + ["decoder"]
+    if "wer_delta" in metric_cols:  # its interval, shown in the same cell by display_frame
+        cols += DELTA_COLS[1:]
     frame = rows.reindex(columns=cols)
     shown = display_frame(frame.assign(kind="decoder"), keep_empty=True)
     shown = shown[[c for c in shown.columns if not c.endswith("_std")]]

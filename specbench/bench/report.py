@@ -7,7 +7,9 @@ tokens_per_s(baseline) over the SAME utterances; ``latency_speedup`` = Σ lm_sec
 ``mean_accepted_len`` = Σ tokens / Σ rounds; ``draft_accept_rate`` = Σ accepted / Σ proposed;
 ``wer``/``cer``/``sim``/``sim_other`` = means over rows, ``wer_median`` = median per-utterance WER,
 ``asr_loops`` = number of scored clips whose transcript is an ASR repetition loop (the score rows'
-``asr_loop``; :mod:`specbench.scoring.loops`). The baseline is the decoder with method
+``asr_loop``; :mod:`specbench.scoring.loops`), ``wer_delta`` [``wer_delta_lo``, ``wer_delta_hi``] = the
+paired WER difference to the baseline over the same utterances with its 95 % bootstrap interval
+(:func:`specbench.scoring.wer.paired_wer_delta`). The baseline is the decoder with method
 ``baseline`` named ``baseline`` (else the first baseline-method decoder).
 
 With ``repeats > 1`` every metric is also computed on each repeat alone (speedups against the
@@ -48,6 +50,8 @@ SPEED_COLS = [
     "call_speedup",
 ]
 QUALITY_COLS = ["wer", "wer_median", "asr_loops", "cer", "sim", "sim_other"]
+# paired against the baseline (shown as one cell ``delta [lo, hi]``); not computed per repeat
+DELTA_COLS = ["wer_delta", "wer_delta_lo", "wer_delta_hi"]
 # quality columns that are counts over all scored clips (every repeat), not means: no ``_std`` column
 COUNT_COLS = ["asr_loops"]
 PARAM_COLS = ["proposer", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
@@ -135,6 +139,17 @@ def _decoder_metrics(d: pd.DataFrame, base: pd.DataFrame | None) -> dict[str, An
     return row
 
 
+def _wer_delta(d: pd.DataFrame, base: pd.DataFrame | None) -> dict[str, float]:
+    """``wer_delta`` and its interval: per-utterance WER (mean over repeats) of ``d`` paired with the baseline's."""
+    from specbench.scoring.wer import paired_wer_delta
+
+    if base is None or "wer" not in d or "wer" not in base:
+        return {}
+    per_utt = [x[x["wer"].notna()].groupby("utt_id")["wer"].mean().astype(float).to_dict() for x in (d, base)]
+    res = paired_wer_delta(per_utt[0], per_utt[1])
+    return dict(zip(DELTA_COLS, res, strict=True)) if res else {}
+
+
 def _extra_cols(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(EXTRA_PREFIXES) and pd.api.types.is_numeric_dtype(df[c])]
 
@@ -155,6 +170,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         if "accept_at_pos" in d and d["proposed"].sum():
             row["accept_at_pos"] = accept_curve(d)
         row.update(_decoder_metrics(d, base))
+        if name != base_name:
+            row.update(_wer_delta(d, base))
         for c in extras:
             if d[c].notna().any():
                 row[c] = d[c].astype(float).mean()
@@ -165,6 +182,8 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         d = df[df["decoder"] == name]
         rows.append({"decoder": name, "kind": "reference", "n": int(d["utt_id"].nunique()), "repeats": 1, **_quality(d)})
     metric_cols = [x for c in SPEED_COLS + QUALITY_COLS for x in (c, f"{c}_std")]
+    at = metric_cols.index("wer_median_std") + 1
+    metric_cols[at:at] = DELTA_COLS
     cols = ["decoder", "kind", *PARAM_COLS, "n", "repeats", *metric_cols, *extras, "accept_at_pos"]
     table = pd.DataFrame(rows)
     return table.reindex(columns=[c for c in cols if c in table.columns])
@@ -281,15 +300,24 @@ def _fmt(v: Any, col: str = "") -> str:
     return str(v)
 
 
+def _delta_cell(delta: Any, lo: Any, hi: Any) -> str:
+    """``+0.071 [-0.016, +0.156]``; empty when there is no paired difference."""
+    if delta is None or pd.isna(delta):
+        return ""
+    return f"{delta:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
 def display_frame(summary: pd.DataFrame, keep_empty: bool = False) -> pd.DataFrame:
     """The table as strings for humans: ``value ± std`` cells, no ``kind`` column, no empty columns
     (``keep_empty``: keep them, for layouts whose columns are fixed)."""
     shown = summary.drop(columns=[c for c in ("kind",) if c in summary.columns])
     out = pd.DataFrame(index=shown.index)
     for col in shown.columns:
-        if col.endswith("_std") and col.removesuffix("_std") in shown.columns:
+        if col.endswith("_std") and col.removesuffix("_std") in shown.columns or col in DELTA_COLS[1:]:
             continue
         cells = shown[col].map(lambda v, c=col: _fmt(v, c))
+        if col == "wer_delta" and {"wer_delta_lo", "wer_delta_hi"} <= set(shown.columns):
+            cells = pd.Series([_delta_cell(*v) for v in shown[DELTA_COLS].itertuples(index=False)], index=shown.index)
         std_col = f"{col}_std"
         if std_col in shown.columns:
             std = shown[std_col]

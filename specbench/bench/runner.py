@@ -38,7 +38,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from specbench.assets import same_file
 from specbench.audio import crop_seconds, read_audio, write_audio
 from specbench.bench.env import capture_env
-from specbench.codec import load_codec
+from specbench.codec import codec_from_config
 from specbench.codec.base import SpeechCodec
 from specbench.config import DecoderConfig, RunConfig
 from specbench.data.manifest import Manifest, Utterance, load_manifest
@@ -215,7 +215,7 @@ def load_models(cfg: RunConfig) -> Models:
     """Codec + target model (+ drafts, heads); refuses a model trained on another codec."""
     set_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    codec = load_codec(cfg.codec.kind, cfg.codec.path, bandwidth=cfg.codec.bandwidth, device=str(device))
+    codec = codec_from_config(cfg.codec, device=str(device))
     target = load_target(cfg.model, device)
     target.check_codec(codec)
     res = DecoderResources(target)
@@ -239,6 +239,7 @@ def describe_models(m: Models) -> dict[str, Any]:
         "drafts": {spec: {"id": d.id, **d.describe()} for spec, d in m.resources.drafts.items()},
         "heads": sorted(m.resources.heads),
         "codec": m.codec.id,
+        "codec_synthesis": getattr(m.codec, "synthesis_id", None),
     }
 
 

@@ -25,18 +25,20 @@ def load_codec(
     bandwidth: float = 1.5,
     semantic_path: str | None = None,
     n_codebooks: int | None = None,
+    synthesis_kernel: tuple[float, ...] | None = None,
     device: str = "cpu",
 ) -> SpeechCodec:
     """Build the codec named by ``kind`` from a LOCAL file or directory (``builtin:NAME`` for shipped ones).
 
     ``bandwidth`` is for ``encodec``, ``semantic_path`` (the local facebook/w2v-bert-2.0 folder; default:
     a ``w2v-bert-2.0`` folder inside or next to ``path``) for ``xcodec2``, ``n_codebooks`` (default: all of
-    the model's) for ``dac``; the other kinds ignore them. See :class:`specbench.config.CodecConfig`.
+    the model's) for ``dac``, ``synthesis_kernel`` (default: the codec's own) for ``kmeans-mel``; the other
+    kinds ignore them. See :class:`specbench.config.CodecConfig`.
     """
     if kind == "kmeans-mel":
-        from specbench.codec.kmeans_mel import KMeansMelCodec
+        from specbench.codec.kmeans_mel import DEFAULT_KERNEL, KMeansMelCodec
 
-        return KMeansMelCodec.load(resolve_path(path))
+        return KMeansMelCodec.load(resolve_path(path), tuple(synthesis_kernel) if synthesis_kernel is not None else DEFAULT_KERNEL)
     if kind == "encodec":
         from specbench.codec.encodec_codec import EncodecCodec
 
@@ -60,4 +62,12 @@ def load_codec(
 
 def codec_from_config(cfg: CodecConfig, device: str = "cpu") -> SpeechCodec:
     """:func:`load_codec` with every option of a recipe's ``codec:`` section."""
-    return load_codec(cfg.kind, cfg.path, bandwidth=cfg.bandwidth, semantic_path=cfg.semantic_path, n_codebooks=cfg.n_codebooks, device=device)
+    return load_codec(
+        cfg.kind,
+        cfg.path,
+        bandwidth=cfg.bandwidth,
+        semantic_path=cfg.semantic_path,
+        n_codebooks=cfg.n_codebooks,
+        synthesis_kernel=tuple(cfg.synthesis_kernel) if cfg.synthesis_kernel is not None else None,
+        device=device,
+    )

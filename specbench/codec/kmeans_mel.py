@@ -2,9 +2,17 @@
 
 Analysis: 16 kHz, STFT n_fft 1024 / hop 320 (20 ms, 50 tokens/s) / Hann window, magnitude, 80 Slaney
 mel bands up to 8 kHz, ``log(max(mel, 1e-5))``. Quantisation: one codebook of ``K`` centroids fitted by
-Lloyd's algorithm on a seeded sample of frames (deterministic). Synthesis: ``exp(centroid)`` → least-
-squares inverse of the mel filterbank (clamped at 0) → fast Griffin-Lim (momentum 0.99) with a seeded
-initial phase. Plain torch + librosa's filterbank; no torchaudio.
+Lloyd's algorithm on a seeded sample of frames (deterministic). Synthesis: the centroid
+sequence smoothed in time by a short kernel (:func:`smooth_frames`, default ``[1, 2, 1] / 4``) →
+``exp`` → least-squares inverse of the mel filterbank (clamped at 0) → fast Griffin-Lim (momentum 0.99)
+with a seeded initial phase. Plain torch + librosa's filterbank; no torchaudio.
+
+Why the smoothing: 59 % of the 1024 centroids lie closer to another centroid than a real 20 ms frame
+step, so the token stream carries quantisation jitter, and Griffin-Lim turns frame-to-frame jumps into
+phase incoherence. On 80 dev utterances (Whisper tiny.en) the round trip's median WER fell from 0.500
+(no smoothing) to 0.371 with ``[1, 2, 1]`` (``[1, 4, 1]`` 0.380, ``[1, 1, 1]`` 0.374, 5 taps 0.429;
+unquantised mels through the same Griffin-Lim: 0.200); the least-squares kernel for log-mel error,
+``[0.1, 0.8, 0.1]``, gave 0.423: what helps is continuity, not frame error.
 
 Decoding is bit-reproducible: the same tokens give the same samples in every process, at any thread
 count, and on CPUs whose BLAS/LAPACK and vectorised kernels differ. Griffin-Lim amplifies rounding
@@ -27,6 +35,9 @@ from specbench.audio import resample
 from specbench.errors import ModelError
 
 KIND = "kmeans-mel"
+#: Temporal smoothing of the centroid sequence before Griffin-Lim (see the module docstring); the
+#: config schema's ``codec.synthesis_kernel`` default points here.
+DEFAULT_KERNEL: tuple[float, ...] = (1.0, 2.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,26 @@ class MelFrontend:
         return synth(angles)
 
 
+def smooth_frames(frames: torch.Tensor, kernel: tuple[float, ...]) -> torch.Tensor:
+    """``[frames, d]`` → the same shape, ``y_t = Σ_j w_j x_{t+j-r}`` with ``w = kernel / Σ kernel``, odd
+    length ``2r + 1``, edges padded by repeating the first/last frame (so a constant sequence is unchanged).
+
+    Summed tap by tap in a fixed order with elementwise operations (no convolution kernel, whose
+    vectorisation differs by CPU), so equal inputs give equal bits everywhere.
+    """
+    if len(kernel) % 2 != 1 or any(w < 0 for w in kernel) or sum(kernel) <= 0:
+        raise ModelError(f"codec.synthesis_kernel {list(kernel)} needs an odd number of non-negative taps with a positive sum: e.g. [1, 2, 1], or [1] for none")
+    if len(kernel) == 1 or frames.shape[0] == 0:
+        return frames
+    r = len(kernel) // 2
+    padded = torch.cat([frames[:1].expand(r, -1), frames, frames[-1:].expand(r, -1)])
+    total = float(sum(kernel))
+    out = torch.zeros_like(frames)
+    for j, w in enumerate(kernel):
+        out += (w / total) * padded[j : j + frames.shape[0]]
+    return out
+
+
 def kmeans(frames: torch.Tensor, k: int, iters: int, seed: int, chunk: int = 65536) -> torch.Tensor:
     """Lloyd's k-means with seeded random-sample init; empty clusters are reseeded from far points."""
     gen = torch.Generator().manual_seed(seed)
@@ -174,9 +205,11 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> tup
 class KMeansMelCodec:
     """The built-in :class:`~specbench.codec.base.SpeechCodec`."""
 
-    def __init__(self, centroids: torch.Tensor, cfg: MelConfig | None = None) -> None:
+    def __init__(self, centroids: torch.Tensor, cfg: MelConfig | None = None, synthesis_kernel: tuple[float, ...] = DEFAULT_KERNEL) -> None:
         self.cfg = cfg or MelConfig()
         self.centroids = centroids.float()
+        smooth_frames(self.centroids[:1], tuple(synthesis_kernel))  # validates the kernel now
+        self.synthesis_kernel = tuple(float(w) for w in synthesis_kernel)
         self.frontend = MelFrontend(self.cfg)
         digest = hashlib.sha1(self.centroids.numpy().tobytes()).hexdigest()[:10]
         self.id = f"{KIND}-{self.vocab_size}-{digest}"
@@ -184,6 +217,13 @@ class KMeansMelCodec:
     sample_rate = property(lambda self: self.cfg.sample_rate)
     frame_rate = property(lambda self: self.cfg.sample_rate / self.cfg.hop_length)
     vocab_size = property(lambda self: int(self.centroids.shape[0]))
+
+    @property
+    def synthesis_id(self) -> str:
+        """How tokens become audio (provenance; ``id`` names the token space only, so checkpoints trained
+        on these tokens stay compatible with every synthesis setting)."""
+        taps = "-".join(f"{w:g}" for w in self.synthesis_kernel)
+        return f"smooth[{taps}]+griffin-lim{self.cfg.griffin_lim_iters}"
 
     def token_vectors(self) -> torch.Tensor:
         """``[vocab_size, 80]``: the log-mel frame each token stands for (its centroid)."""
@@ -198,13 +238,14 @@ class KMeansMelCodec:
         return idx.long()
 
     def decode(self, tokens: torch.Tensor) -> tuple[np.ndarray, int]:
-        """Tokens → ``(float32 waveform, sample_rate)``; Griffin-Lim phase init is seeded (deterministic)."""
+        """Tokens → ``(float32 waveform, sample_rate)``: centroids, smoothed in time by the synthesis kernel,
+        through Griffin-Lim (phase init seeded: deterministic)."""
         tokens = torch.as_tensor(tokens, dtype=torch.long).cpu()
         if tokens.numel() == 0:
             return np.zeros(0, dtype=np.float32), self.sample_rate
         if int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0:
             raise ModelError(f"token ids must lie in [0, {self.vocab_size}) for codec {self.id}")
-        wav = self.frontend.invert(self.centroids[tokens])
+        wav = self.frontend.invert(smooth_frames(self.centroids[tokens], self.synthesis_kernel))
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         if peak > 0.99:  # Griffin-Lim can overshoot; keep the waveform in range without clipping
             wav = wav * (0.99 / peak)
@@ -217,8 +258,8 @@ class KMeansMelCodec:
         save_atomic({"kind": KIND, "config": asdict(self.cfg), "centroids": self.centroids}, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> KMeansMelCodec:
-        """Load a codec file written by :meth:`save`; ModelError for anything else."""
+    def load(cls, path: str | Path, synthesis_kernel: tuple[float, ...] = DEFAULT_KERNEL) -> KMeansMelCodec:
+        """Load a codec file written by :meth:`save` (decoding with ``synthesis_kernel``); ModelError for anything else."""
         p = Path(path)
         if not p.is_file():
             raise ModelError(f"codec file not found: {p} (fit one with `specbench train codec` or use builtin:kmeans-mel-1024)")
@@ -229,7 +270,7 @@ class KMeansMelCodec:
         if not isinstance(obj, dict) or obj.get("kind") != KIND:
             kind = obj.get("kind") if isinstance(obj, dict) else type(obj).__name__
             raise ModelError(f"{p} is a '{kind}' file, not a {KIND} codec: point codec.path at a file from `specbench train codec`")
-        return cls(obj["centroids"], MelConfig(**obj["config"]))
+        return cls(obj["centroids"], MelConfig(**obj["config"]), synthesis_kernel)
 
     @classmethod
     def fit(
