@@ -101,7 +101,9 @@ class ModelRef(Strict):
     a shipped name such as llasa / orpheus, or a family YAML file) that says where its speech tokens
     are, how text and the speaker prompt are laid out, and which codec decodes it. ``dtype: auto`` is
     bfloat16 on CUDA and float32 on CPU. ``compile``: the static-shape decode path (static KV cache,
-    bucketed new-token counts, torch.compile) for the target, its drafts and heads (builtin backend).
+    bucketed new-token counts, torch.compile; CUDA graphs on CUDA) for the target, its drafts and heads;
+    builtin: specbench/models/static_lm.py, hf-causal: transformers' StaticCache
+    (specbench/targets/hf_static.py). Same tokens as the eager path.
     """
 
     backend: Literal["builtin", "hf-causal"] = "builtin"

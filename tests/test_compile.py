@@ -61,13 +61,8 @@ def test_bucket_and_capacity_rounding() -> None:
     assert round_capacity(1) == 256 and round_capacity(257) == 512
 
 
-def test_config_flag_and_hf_refusal() -> None:
+def test_config_flag_and_bad_path() -> None:
     assert ModelRef().compile is False and ModelRef(compile=True).compile is True
-    from specbench.errors import ConfigError
-    from specbench.targets import load_target
-
-    with pytest.raises(ConfigError, match="builtin only"):
-        load_target(ModelRef(backend="hf-causal", path="x", family="llasa", compile=True), "cpu")
     with pytest.raises(ValueError, match="decode path"):
         BuiltinTarget(_models()[0], "m", path="fast")
 

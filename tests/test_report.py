@@ -221,9 +221,7 @@ def test_plot_labels_show_parameter_values_compactly() -> None:
     from specbench.bench.plots import _val
 
     # grouping keys reach the legend as strings; γ=2.0 and γ=2 must read the same
-    assert [_val(v) for v in ("2.0", 2.0, 0.45, "0.4", "builtin:vadusa-32", "dense-small", 3)] == [
-        "2", "2", "0.45", "0.4", "vadusa-32", "dense-small", "3"
-    ]
+    assert [_val(v) for v in ("2.0", 2.0, 0.45, "0.4", "builtin:vadusa-32", "dense-small", 3)] == ["2", "2", "0.45", "0.4", "vadusa-32", "dense-small", "3"]
 
 
 def test_report_of_a_non_run_folder_is_one_line(tmp_path: Path) -> None:
@@ -450,9 +448,26 @@ def test_wer_median_is_robust_to_one_looping_clip() -> None:
     rows = []
     for i, w in enumerate([0.2, 0.3, 0.4, 0.5, 10.0]):  # the last clip: the ASR repeated a word 50 times
         base = {"decoder": "baseline", "method": "baseline", "kind": "decoder", "utt_id": f"u{i}", "repeat": 0}
-        rows.append({**base, "tokens": 10, "target_calls": 10, "rounds": 10, "proposed": 0, "accepted": 0,
-                     "lm_seconds": 0.1, "audio_seconds": 0.2, "tokens_per_s": 100.0, "lm_rtf": 0.5, "e2e_rtf": 0.6,
-                     "wer": w, "cer": w / 2, "sim": 0.8, "sim_other": 0.5, "normalizer": "seed-tts-eval-v1"})
+        rows.append(
+            {
+                **base,
+                "tokens": 10,
+                "target_calls": 10,
+                "rounds": 10,
+                "proposed": 0,
+                "accepted": 0,
+                "lm_seconds": 0.1,
+                "audio_seconds": 0.2,
+                "tokens_per_s": 100.0,
+                "lm_rtf": 0.5,
+                "e2e_rtf": 0.6,
+                "wer": w,
+                "cer": w / 2,
+                "sim": 0.8,
+                "sim_other": 0.5,
+                "normalizer": "seed-tts-eval-v1",
+            }
+        )
     table = summarize(pd.DataFrame(rows))
     row = table.iloc[0]
     assert row["wer"] == pytest.approx(11.4 / 5) and row["wer_median"] == pytest.approx(0.4)
@@ -487,7 +502,17 @@ def test_wer_delta_is_paired_against_the_baseline() -> None:
     averaged first), with its bootstrap interval; none for the baseline and the reference rows; shown as one cell."""
     from specbench.bench.report import display_frame
 
-    timing = {"tokens": 10, "target_calls": 10, "rounds": 10, "proposed": 0, "accepted": 0, "lm_seconds": 0.1, "tokens_per_s": 100.0, "lm_rtf": 0.5, "e2e_rtf": 0.6}
+    timing = {
+        "tokens": 10,
+        "target_calls": 10,
+        "rounds": 10,
+        "proposed": 0,
+        "accepted": 0,
+        "lm_seconds": 0.1,
+        "tokens_per_s": 100.0,
+        "lm_rtf": 0.5,
+        "e2e_rtf": 0.6,
+    }
     rows = []
     for i in range(6):
         for rep in (0, 1):

@@ -60,9 +60,9 @@ def hf_dirs(tmp_path_factory: pytest.TempPathFactory, mini_family: Path) -> dict
     return out
 
 
-def _hf(hf_dirs: dict[str, Path], mini_family: Path, name: str) -> HFCausalTarget:
+def _hf(hf_dirs: dict[str, Path], mini_family: Path, name: str, decode_path: str = "eager") -> HFCausalTarget:
     fam = name if name in ("llasa", "orpheus") else str(mini_family)
-    return load_hf_causal(str(hf_dirs[name]), fam, CPU)
+    return load_hf_causal(str(hf_dirs[name]), fam, CPU, decode_path=decode_path)
 
 
 def _builtin():
@@ -88,13 +88,15 @@ CTX = Context(
 )
 
 
-@pytest.fixture(params=["builtin", "aligned", "llama", "qwen2"])
+@pytest.fixture(params=["builtin", "aligned", "llama", "qwen2", "llama-static", "qwen2-static"])
 def target(request, hf_dirs, mini_family):
+    """Every backend; ``-static``: the hf-causal static decode path (StaticCache, buckets), run eagerly."""
     if request.param == "builtin":
         return _builtin()
     if request.param == "aligned":
         return _builtin_aligned()
-    return _hf(hf_dirs, mini_family, request.param)
+    name, _, path = request.param.partition("-")
+    return _hf(hf_dirs, mini_family, name, decode_path=path or "eager")
 
 
 # ---- family templates ---------------------------------------------------------------------------
@@ -261,3 +263,55 @@ def test_builtin_context_from_ids_round_trip() -> None:
     t = _builtin()
     logits, hidden, cache = t.prefill(ctx)
     assert cache.length == 10 + 1 + 4 and logits.shape == (33,)
+
+
+# ---- the hf-causal static decode path (model.compile) ---------------------------------------------
+def test_hf_static_path_gives_the_eager_tokens(hf_dirs, mini_family) -> None:
+    """Greedy baseline, SD with a layer-subset draft and a heads tree decode the same tokens, with the same
+    number of target calls, on the eager and the static path (padding, crop and keep never leak)."""
+    from specbench.decoding.proposers import HeadsProposer
+    from specbench.decoding.tree_rules import greedy_tree
+    from specbench.models.heads import DraftHeads
+
+    out = {}
+    for path in ("eager", "static"):
+        t = _hf(hf_dirs, mini_family, "llama", decode_path=path)
+        torch.manual_seed(5)
+        heads = DraftHeads.from_target(t, n_heads=3, n_layers=1).eval()
+        with torch.no_grad():
+            for p in heads.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        runs = {
+            "baseline": generate(t, CTX, Sampling(), 60, torch.Generator()),
+            "sd": generate(t, CTX, Sampling(), 60, torch.Generator(), DraftChainProposer(t.layer_subset("layers:1"), 3), greedy),
+            "tree": generate(t, CTX, Sampling(), 60, torch.Generator(), HeadsProposer(heads, t, dense_shape(2, 3)), greedy_tree),
+        }
+        out[path] = {k: (toks.tolist(), st.target_calls) for k, (toks, st) in runs.items()}
+        assert t.describe()["decode_path"] == path
+    assert out["eager"] == out["static"]
+    assert out["static"]["sd"][0] == out["static"]["baseline"][0] and out["static"]["sd"][1] < out["static"]["baseline"][1]
+
+
+def test_hf_compiled_path_and_config(hf_dirs, mini_family) -> None:
+    """model.compile: true loads the compiled static path for target and layer-subset draft; torch.compile
+    (inductor) of buckets 1 and 4 decodes the eager path's tokens, and a new cache reuses the graphs."""
+    from specbench.config import ModelRef
+    from specbench.targets import load_draft, load_target
+
+    ref = ModelRef(backend="hf-causal", path=str(hf_dirs["llama"]), family=str(mini_family), compile=True)
+    comp = load_target(ref, CPU)
+    assert isinstance(comp, HFCausalTarget) and comp.decode_path == "compiled"
+    assert load_draft("layers:1", comp, ref, CPU).decode_path == "compiled"
+    eager = _hf(hf_dirs, mini_family, "llama")
+    a, _ = generate(eager, CTX, Sampling(), 16, torch.Generator())
+    b, _ = generate(comp, CTX, Sampling(), 16, torch.Generator())
+    assert a.tolist() == b.tolist() and comp.compile_seconds > 0
+    with torch.inference_mode():
+        _, _, ce = eager.prefill(CTX, capacity=8)
+        _, _, cc = comp.prefill(CTX, capacity=8)
+        le, _ = eager.step(torch.tensor([1, 2, 3]), ce)
+        lc, _ = comp.step(torch.tensor([1, 2, 3]), cc)  # bucket 4
+    assert torch.allclose(le, lc, atol=1e-4)
+    seconds = comp.compile_seconds
+    generate(comp, CTX, Sampling(), 8, torch.Generator())
+    assert comp.compile_seconds == seconds  # same shapes: no new graph

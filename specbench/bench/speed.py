@@ -80,8 +80,8 @@ def verify_cost(
 
 
 def _bench_paths(cfg: RunConfig) -> list[str]:
-    """Decode paths to time: eager and compiled when ``model.compile`` asks for it (builtin), else eager."""
-    if cfg.model.compile and cfg.model.backend == "builtin":
+    """Decode paths to time: eager and compiled when ``model.compile`` asks for it, else eager."""
+    if cfg.model.compile:
         return ["eager", "compiled"]
     return ["eager"]
 
@@ -102,7 +102,13 @@ def _prepare_compiled(m: Any, cfg: RunConfig, contexts: list[tuple[Any, int]]) -
         n = m.resources.tree(d.tree).size if d.proposer == "heads-tree" and d.tree else d.gamma
         nodes = max(nodes, n)
         sizes.add(bucket(n + 1))
-    need = max(phoneme_ids(ctx).numel() + 1 + ctx.prompt_tokens.numel() + budget for ctx, budget in contexts) + nodes + 1 + BUCKETS[-1]
+
+    def context_len(ctx: Any) -> int:  # slots the prefill fills: the family prompt (hf-causal) or text + SEP + prompt
+        if hasattr(m.target, "context_ids"):
+            return int(m.target.context_ids(ctx).numel())
+        return phoneme_ids(ctx).numel() + 1 + ctx.prompt_tokens.numel()
+
+    need = max(context_len(ctx) + budget for ctx, budget in contexts) + nodes + 1 + BUCKETS[-1]
     models = [m.target, *m.resources.drafts.values()]
     for model in models:
         model.static.min_capacity = need

@@ -28,13 +28,11 @@ def _load_builtin(ref: ModelRef, device: torch.device) -> TargetModel:
 
 
 def _load_hf(ref: ModelRef, device: torch.device) -> TargetModel:
-    from specbench.errors import ConfigError
     from specbench.targets.hf_causal import load_hf_causal
 
-    if ref.compile:
-        raise ConfigError("model.compile is implemented for backend: builtin only so far: set model.compile: false for hf-causal targets")
-
-    return load_hf_causal(ref.path or "", ref.family or "", device, dtype=ref.dtype, attention=ref.attention)
+    return load_hf_causal(
+        ref.path or "", ref.family or "", device, dtype=ref.dtype, attention=ref.attention, decode_path="compiled" if ref.compile else "eager"
+    )
 
 
 BACKENDS: dict[str, Callable[[ModelRef, torch.device], TargetModel]] = {"builtin": _load_builtin, "hf-causal": _load_hf}
@@ -59,4 +57,6 @@ def load_draft(spec: str, target: TargetModel, ref: ModelRef, device: torch.devi
     assert isinstance(target, HFCausalTarget)
     if spec.startswith("layers:"):
         return target.layer_subset(spec)
-    return load_hf_causal(spec, ref.family or "", torch.device(device), dtype=ref.dtype, attention=ref.attention)
+    return load_hf_causal(
+        spec, ref.family or "", torch.device(device), dtype=ref.dtype, attention=ref.attention, decode_path="compiled" if ref.compile else "eager"
+    )

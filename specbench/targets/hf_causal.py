@@ -12,6 +12,10 @@ wrapped to give ``crop(n)`` (keep the first n slots) and ``keep(indices)`` (gath
 path). Positions are absolute slot indices, so a chain verify passes ``position_ids = L..L+n-1`` and a
 tree verify ``position_ids = L + depth`` with a 4-D additive attention mask ``[1, 1, n, L + n]``
 (cache visible, new tokens through the tree mask) that transformers uses as given.
+
+``decode_path``: ``eager`` (the above), ``static`` (transformers' ``StaticCache``, bucketed new-token
+counts, a full-capacity mask: :mod:`specbench.targets.hf_static`, run eagerly) or ``compiled`` (the static
+path through torch.compile; ``model.compile: true``). All three give the same tokens (tests).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from specbench.codec.base import SpeechCodec
 from specbench.errors import ConfigError, DependencyError, ModelError
 from specbench.targets.base import Context
 from specbench.targets.families import FamilyTemplate, load_family
+from specbench.targets.hf_static import HFStaticCache, HFStaticDecoder
 
 SPEECH_MARKER = "\u0000specbench-prompt-speech\u0000"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -103,7 +108,19 @@ class HFCausalTarget:
 
     backend = "hf-causal"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, family: FamilyTemplate, path: Path, *, id_: str | None = None, layers: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        family: FamilyTemplate,
+        path: Path,
+        *,
+        id_: str | None = None,
+        layers: int | None = None,
+        decode_path: str = "eager",
+    ) -> None:
+        if decode_path not in ("eager", "static", "compiled"):
+            raise ValueError(f"decode path must be eager, static or compiled, not {decode_path!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.family = family
@@ -128,6 +145,12 @@ class HFCausalTarget:
         self._emb: torch.Tensor | None = None
         fp = model_fingerprint(path)
         self.id = id_ or f"hf-causal:{family.name}:{path.name}:{fp}"
+        self.decode_path = decode_path
+        self.static: HFStaticDecoder | None = None
+        if decode_path != "eager":
+            self.static = HFStaticDecoder(
+                self.backbone, self.config, self._cache_kw, self.speech_base, self._head_w.dtype, dev, compile=decode_path == "compiled"
+            )
 
     # ---- vocabulary ------------------------------------------------------------------------------
     def _speech_ids(self) -> tuple[int, int]:
@@ -206,20 +229,30 @@ class HFCausalTarget:
 
         return HFCache(DynamicCache(config=self.config))
 
-    def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, HFCache]:
-        """The family prompt through the model into a fresh DynamicCache (``capacity`` unused: it grows)."""
+    def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, HFCache | HFStaticCache]:
+        """The family prompt through the model into a fresh cache: a DynamicCache (``capacity`` unused: it
+        grows), or on the static paths a StaticCache with room for ``capacity`` more tokens."""
         ids = self.context_ids(ctx)
+        if self.static is not None:
+            h, static_cache = self.static.prefill(ids, capacity)
+            return self._logits(h), h, static_cache
         cache = self.new_cache()
         out = self.backbone(input_ids=ids[None], use_cache=True, **{self._cache_kw: cache.cache})
         h = out.last_hidden_state[0, -1]
         return self._logits(h), h, cache
 
     def step(
-        self, tokens: torch.Tensor, cache: HFCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+        self, tokens: torch.Tensor, cache: HFCache | HFStaticCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append speech tokens; chains use transformers' causal mask, trees a 4-D mask and depth positions."""
         n = tokens.numel()
         start = cache.length
+        if self.static is not None:
+            assert isinstance(cache, HFStaticCache), "a static decode path needs the cache of its own prefill"
+            offsets = depths if depths is not None else torch.arange(n, device=tokens.device)
+            h = self.static.step(self.model_ids(tokens), start + offsets, cache, tree_mask)
+            return self._logits(h), h
+        assert isinstance(cache, HFCache)
         ids = self.model_ids(tokens)[None]
         if tree_mask is None and depths is None:
             pos = torch.arange(start, start + n, device=ids.device)
@@ -233,6 +266,11 @@ class HFCausalTarget:
             out = self.backbone(input_ids=ids, position_ids=(start + depths)[None], attention_mask=mask, use_cache=True, **{self._cache_kw: cache.cache})
         h = out.last_hidden_state[0]
         return self._logits(h), h
+
+    @property
+    def compile_seconds(self) -> float:
+        """Wall seconds spent in calls that built a new compiled graph (0 on the eager and static paths)."""
+        return self.static.compile_seconds if self.static is not None and self.static.compile else 0.0
 
     def score(self, ctx: Context, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced pass over prompt + codes; rows from the last prompt position on."""
@@ -271,6 +309,7 @@ class HFCausalTarget:
             "dtype": str(self._head_w.dtype),
             "attention": getattr(self.config, "_attn_implementation", None),
             "parameters": sum(p.numel() for p in self.model.parameters()),
+            "decode_path": self.decode_path,
         }
 
     # ---- the peer implementation ------------------------------------------------------------------
@@ -344,12 +383,13 @@ class HFCausalTarget:
         model.set_decoder(sub) if hasattr(model, "set_decoder") else setattr(model, "model", sub)
         if model.get_decoder() is not sub:
             model._modules["model"] = sub
-        return HFCausalTarget(model, self.tokenizer, self.family, self.path, id_=f"{self.id}:{spec}", layers=n)
+        return HFCausalTarget(model, self.tokenizer, self.family, self.path, id_=f"{self.id}:{spec}", layers=n, decode_path=self.decode_path)
 
 
-def load_hf_causal(path: str, family: str, device: torch.device, *, dtype: str = "auto", attention: str = "sdpa") -> HFCausalTarget:
+def load_hf_causal(path: str, family: str, device: torch.device, *, dtype: str = "auto", attention: str = "sdpa", decode_path: str = "eager") -> HFCausalTarget:
     """Load a local HF causal-LM directory (``local_files_only``; ``tiny:<family>[/part]`` = the toolkit's
-    tiny random model, built on first use) with its family template, in eval mode on ``device``."""
+    tiny random model, built on first use) with its family template, in eval mode on ``device``
+    (``decode_path``: eager, static or compiled, see the module docstring)."""
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -368,4 +408,4 @@ def load_hf_causal(path: str, family: str, device: torch.device, *, dtype: str =
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"could not load {p} as a causal LM: {str(exc).splitlines()[0]}") from None
     model.to(device).eval().requires_grad_(False)
-    return HFCausalTarget(model, tok, fam, p)
+    return HFCausalTarget(model, tok, fam, p, decode_path=decode_path)

@@ -1,0 +1,171 @@
+"""A static-shape decode path for ``hf-causal`` targets (``model.compile: true``).
+
+The same design as the built-in model's (:mod:`specbench.models.static_lm`), on transformers' own
+``StaticCache`` (one preallocated key/value buffer per layer, written in place at the layer's
+``cumulative_length``, a tensor, so a new length is no new graph):
+
+- :class:`HFStaticCache` keeps the :class:`~specbench.targets.base.TargetCache` contract: ``length`` is
+  tracked here and written into every layer's ``cumulative_length`` before a forward; ``crop`` only moves
+  it (slots past it are masked, then overwritten); ``keep`` gathers a tree path's slots to the front with
+  ``index_copy_``. The capacity is rounded up to a multiple of
+  :data:`~specbench.models.static_lm.CAPACITY_STEP` plus room for the largest bucket, so utterances share
+  a few cache shapes.
+- New tokens are padded to a bucket of :data:`~specbench.models.static_lm.BUCKETS` (1, 2, 4, ...):
+  padded rows carry speech code 0 at the last real position, write to the slots after the real ones and
+  see only themselves and the cache; their outputs are dropped. The 4-D additive mask ``[1, 1, B,
+  capacity]`` (cache slots ``< length`` visible, the new block through the causal or tree mask, nothing
+  else) is built outside the graph, so its shape, not its values, picks the graph.
+- :class:`HFStaticDecoder` runs the prefill eagerly into a fresh static cache and every step through one
+  function of ``(ids, positions, mask, cache)``, compiled by
+  :func:`~specbench.models.static_lm.compile_fn` (inductor on CPU, CUDA graphs on CUDA) when ``compile``.
+  A new cache object of a seen shape reuses the graph (measured: no recompilation across utterances).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from specbench.models.static_lm import BUCKETS, bucket, compile_fn, round_capacity
+
+
+class HFStaticCache:
+    """A transformers ``StaticCache`` behind the crop/keep contract; ``capacity`` slots per layer."""
+
+    def __init__(self, cache: Any, capacity: int) -> None:
+        self.cache = cache
+        self.capacity = capacity
+        self._length = 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    def _layers(self) -> list[Any]:
+        return [layer for layer in self.cache.layers if getattr(layer, "is_initialized", False)]
+
+    def sync(self) -> None:
+        """Write ``length`` into every layer's ``cumulative_length`` (where the next forward writes)."""
+        for layer in self._layers():
+            layer.cumulative_length.fill_(self._length)
+
+    def set_length(self, n: int) -> None:
+        self._length = n
+
+    def crop(self, n: int) -> None:
+        """Keep the first ``n`` slots (n ≤ length); later slots are masked and will be overwritten."""
+        if not 0 <= n <= self._length:
+            raise ValueError(f"cannot crop a cache of length {self._length} to {n}")
+        self._length = n
+
+    def keep(self, indices: list[int]) -> None:
+        """Keep exactly the slots ``indices`` (ascending), moved to slots ``0..len-1``; slots already in
+        place are not copied."""
+        idx = [int(i) for i in indices]
+        n = len(idx)
+        first = next((j for j, s in enumerate(idx) if s != j), n)
+        layers = self._layers()
+        if first < n and layers:
+            dev = layers[0].keys.device
+            src = torch.tensor(idx[first:], dtype=torch.long, device=dev)
+            dst = torch.arange(first, n, device=dev)
+            for layer in layers:
+                layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
+                layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
+        self._length = n
+
+
+class HFStaticDecoder:
+    """The static decode path of one Hugging Face decoder (``backbone``: the model's ``get_decoder()``).
+
+    ``cache_kw`` is the name the backbone takes its cache under (``cache`` or ``past_key_values``),
+    ``pad_id`` the model id padded rows carry, ``dtype`` the mask's dtype (the model's).
+    ``compile_seconds`` accumulates the wall time of calls that built a new graph; ``min_capacity`` is a
+    floor for every cache (the bench sets it so all utterances share one capacity, hence one graph per bucket).
+    """
+
+    def __init__(self, backbone: Any, config: Any, cache_kw: str, pad_id: int, dtype: torch.dtype, device: torch.device, compile: bool = False) -> None:
+        self.backbone = backbone
+        self.config = config
+        self.cache_kw = cache_kw
+        self.pad_id = pad_id
+        self.dtype = dtype
+        self.device = device
+        self.compile = compile
+        self._fn = compile_fn(self._forward, device) if compile else self._forward
+        self._seen: set[tuple[int, int]] = set()
+        self._causal: dict[int, torch.Tensor] = {}
+        self.compile_seconds = 0.0
+        self.min_capacity = 0
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        out = self.backbone(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **{self.cache_kw: cache})
+        return out.last_hidden_state[0]
+
+    def new_cache(self, capacity: int) -> HFStaticCache:
+        from transformers import StaticCache
+
+        cap = max(round_capacity(capacity) + BUCKETS[-1], self.min_capacity)
+        return HFStaticCache(StaticCache(config=self.config, max_cache_len=cap), cap)
+
+    def prefill(self, ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, HFStaticCache]:
+        """``ids [L]`` through the backbone (eager, transformers' causal mask) into a static cache with
+        room for ``capacity`` more tokens; returns (hidden state of the last prompt token, cache)."""
+        cache = self.new_cache(ids.numel() + capacity + 1)
+        out = self.backbone(input_ids=ids[None], use_cache=True, **{self.cache_kw: cache.cache})
+        cache.set_length(ids.numel())
+        return out.last_hidden_state[0, -1], cache
+
+    def _mask(self, start: int, capacity: int, new_mask: torch.Tensor) -> torch.Tensor:
+        """``[1, 1, B, capacity]`` additive: slots < ``start`` visible, slots ``start + j`` through ``new_mask``."""
+        b = new_mask.shape[0]
+        visible = torch.zeros(b, capacity, dtype=torch.bool, device=self.device)
+        visible[:, :start] = True
+        visible[:, start : start + b] = new_mask
+        return torch.zeros(1, 1, b, capacity, dtype=self.dtype, device=self.device).masked_fill(~visible, torch.finfo(self.dtype).min)
+
+    def _new_mask(self, n: int, b: int, tree_mask: torch.Tensor | None) -> torch.Tensor:
+        """Visibility among the ``b`` padded new tokens: causal (or ``tree_mask``) for the real ``n``,
+        padded rows see only themselves."""
+        if tree_mask is None:
+            t = self._causal.get(b)
+            if t is None:
+                t = self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril()
+            return t
+        full = torch.eye(b, dtype=torch.bool, device=self.device)
+        full[:n, :n] = tree_mask
+        return full
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache: HFStaticCache, tree_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Model ids ``[n]`` at absolute ``positions [n]`` appended to ``cache`` (causal, or ``tree_mask``
+        among them); returns their hidden states ``[n, d]``."""
+        n = ids.numel()
+        b = bucket(n)
+        start = cache.length
+        if start + b > cache.capacity:
+            raise ValueError(f"a static cache of {cache.capacity} slots cannot take {b} more after {start}: prefill with a larger capacity")
+        if n != b:
+            ids = torch.cat([ids, ids.new_full((b - n,), self.pad_id)])
+            positions = torch.cat([positions, positions[-1:].expand(b - n)])
+        mask = self._mask(start, cache.capacity, self._new_mask(n, b, tree_mask))
+        cache.sync()
+        key = (b, cache.capacity)
+        t0 = time.perf_counter() if key not in self._seen else None
+        hidden = self._fn(ids[None], positions[None], mask, cache.cache)
+        if t0 is not None:
+            self._seen.add(key)
+            self.compile_seconds += time.perf_counter() - t0
+        cache.set_length(start + n)
+        return hidden[:n]
+
+    def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
+        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots ahead of timing; returns seconds."""
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            _, cache = self.prefill(torch.full((1,), self.pad_id, dtype=torch.long, device=self.device), capacity)
+            for b in sizes:
+                self.step(torch.full((b,), self.pad_id, dtype=torch.long, device=self.device), torch.arange(1, 1 + b, device=self.device), cache)
+                cache.crop(1)
+        return time.perf_counter() - t0
