@@ -79,7 +79,8 @@ class CodecConfig(Strict):
     # kmeans-mel only: temporal smoothing of the centroid sequence before Griffin-Lim (odd number of
     # non-negative taps, normalised to sum 1; [1] = none). None: [1, 2, 1], which took the round trip's
     # median WER from 0.500 to 0.371 on 80 dev utterances (specbench/codec/kmeans_mel.py). Decoding only:
-    # tokens, and so models trained on them, are the same for every kernel.
+    # tokens, and so models trained on them, are the same for every kernel; a run folder only grows under
+    # the synthesis its earlier audio was decoded with (env.json codec_synthesis; runner.check_same_synthesis).
     synthesis_kernel: list[float] | None = None
 
     @model_validator(mode="after")

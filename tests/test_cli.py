@@ -557,6 +557,27 @@ def test_train_target_bad_config(tmp_path: Path) -> None:
     assert "not found" in fails("train", "target", "--config", tmp_path / "nope.yaml")
 
 
+def test_run_refuses_to_mix_codec_syntheses(first_run: dict[str, Any], tmp_path: Path) -> None:
+    """Rows added to a folder must be decoded as its earlier audio was: a folder from before the smoothing
+    (env.json without codec_synthesis) grows only under codec.synthesis_kernel [1]."""
+    out = tmp_path / "run"
+    shutil.copytree(first_run["out"], out)
+    recipe = write_recipe(tmp_path / "tiny.yaml", {**yaml.safe_load(first_run["recipe"].read_text()), "output_dir": str(out)})
+    env = json.loads((out / "env.json").read_text())
+    assert env["models"]["codec_synthesis"] == "smooth[1-2-1]+griffin-lim48"
+    del env["models"]["codec_synthesis"]  # as written before the synthesis was recorded
+    (out / "env.json").write_text(json.dumps(env))
+    def results() -> dict[str, bytes]:  # rows, scores and sessions (config.yaml records the latest command)
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".md") and p.name != "run.json"}
+
+    snapshot = results()
+    err = fails("run", recipe, "--set", "corpus.limit=3")
+    assert "smooth[1]+griffin-lim48" in err and "smooth[1-2-1]" in err and "another output_dir" in err
+    assert results() == snapshot
+    ok("run", recipe, "--set", "corpus.limit=3", "--set", "codec.synthesis_kernel=[1]")
+    assert json.loads((out / "env-2.json").read_text())["models"]["codec_synthesis"] == "smooth[1]+griffin-lim48"
+
+
 def test_run_folder_from_an_older_schema_resumes(tiny_assets, tmp_path) -> None:
     """A run.json written before fields were added to codec/model (no backend, no semantic_path...) still
     matches the same recipe today: the rerun resumes instead of refusing the folder."""

@@ -122,6 +122,8 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     fp = {k: dump[k] for k in FINGERPRINT_KEYS}
     fp["corpus"] = {k: v for k, v in fp["corpus"].items() if k != "limit"}
     fp["model"] = {k: v for k, v in fp["model"].items() if k != "compile"}  # compiled == eager tokens (tests/test_compile.py)
+    # decoding only: the tokens do not depend on it; check_same_synthesis guards the audio by the codec's own id
+    fp["codec"] = {k: v for k, v in fp["codec"].items() if k != "synthesis_kernel"}
     return fp
 
 
@@ -143,6 +145,8 @@ def current_fingerprint(old: dict[str, Any]) -> dict[str, Any]:
         out["corpus"] = {k: v for k, v in out["corpus"].items() if k != "limit"}
     if isinstance(out.get("model"), dict):
         out["model"] = {k: v for k, v in out["model"].items() if k != "compile"}
+    if isinstance(out.get("codec"), dict):
+        out["codec"] = {k: v for k, v in out["codec"].items() if k != "synthesis_kernel"}
     return out
 
 
@@ -163,6 +167,31 @@ def prepare_run_dir(cfg: RunConfig, out: Path) -> None:
         run_json, json.dumps({"fingerprint": fp, "fingerprint_sha1": hashlib.sha1(json.dumps(fp, sort_keys=True).encode()).hexdigest()}, indent=2)
     )
     write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# how kmeans-mel audio was decoded before the synthesis was recorded (no smoothing, 48 Griffin-Lim iterations)
+LEGACY_KMEANS_SYNTHESIS = "smooth[1]+griffin-lim48"
+
+
+def check_same_synthesis(out: Path, env: dict[str, Any]) -> None:
+    """Refuse to add rows to a run folder whose earlier audio another codec synthesis decoded (the tokens
+    would match, the audio, and so every quality column, would not): a one-line RunStateError."""
+    first = out / "env.json"
+    if not ((out / "records.jsonl").is_file() and first.is_file()):
+        return
+    try:
+        models = json.loads(first.read_text()).get("models") or {}
+    except (OSError, ValueError):
+        return  # an unreadable env.json is reported by the report step; it holds no synthesis to compare
+    old = models.get("codec_synthesis")
+    if old is None and str(models.get("codec", "")).startswith("kmeans-mel"):
+        old = LEGACY_KMEANS_SYNTHESIS
+    new = (env.get("models") or {}).get("codec_synthesis")
+    if old != new:
+        raise RunStateError(
+            f"{out} holds audio the codec decoded as {old}, this session would decode as {new}: choose another "
+            f"output_dir (e.g. --set output_dir={out}-2) or set codec.synthesis_kernel to the folder's"
+        )
 
 
 def write_env(out: Path, env: dict[str, Any]) -> None:
@@ -552,7 +581,9 @@ def generate_step(cfg: RunConfig, out: Path, log: Log = print, shards: int = 1, 
         threads=lambda gpu: cfg.threads if gpu else (cfg.threads or 1),
         what="generation",
     ) as pool:
-        write_env(out, _env_of(pool, pool.call_all("environment")))
+        env = _env_of(pool, pool.call_all("environment"))
+        check_same_synthesis(out, env)
+        write_env(out, env)
         if pool.workers():
             log(f"generation: {len(plan.jobs)} missing rows on {pool.shards} shards (Ray workers)")
         pool.call_all("warm_up", plan.warmup_utt)
