@@ -567,6 +567,7 @@ def test_run_refuses_to_mix_codec_syntheses(first_run: dict[str, Any], tmp_path:
     assert env["models"]["codec_synthesis"] == "smooth[1-2-1]+griffin-lim48"
     del env["models"]["codec_synthesis"]  # as written before the synthesis was recorded
     (out / "env.json").write_text(json.dumps(env))
+
     def results() -> dict[str, bytes]:  # rows, scores and sessions (config.yaml records the latest command)
         return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".md") and p.name != "run.json"}
 
