@@ -443,6 +443,20 @@ def test_ci_recipe_on_tiny_assets_and_regression_gate(tiny_assets: dict[str, Any
     assert res.exit_code == 1 and "sd: lossless under greedy sampling but 1/2 utterances differ" in res.output
 
 
+# the timing and count columns of a one-round-per-token decoder row (for hand-made summary frames)
+TIMING = {
+    "tokens": 10,
+    "target_calls": 10,
+    "rounds": 10,
+    "proposed": 0,
+    "accepted": 0,
+    "lm_seconds": 0.1,
+    "tokens_per_s": 100.0,
+    "lm_rtf": 0.5,
+    "e2e_rtf": 0.6,
+}
+
+
 def test_wer_median_is_robust_to_one_looping_clip() -> None:
     """``wer`` is the mean of per-utterance WER; ``wer_median`` its median, which one ASR loop cannot move."""
     rows = []
@@ -451,16 +465,8 @@ def test_wer_median_is_robust_to_one_looping_clip() -> None:
         rows.append(
             {
                 **base,
-                "tokens": 10,
-                "target_calls": 10,
-                "rounds": 10,
-                "proposed": 0,
-                "accepted": 0,
-                "lm_seconds": 0.1,
+                **TIMING,
                 "audio_seconds": 0.2,
-                "tokens_per_s": 100.0,
-                "lm_rtf": 0.5,
-                "e2e_rtf": 0.6,
                 "wer": w,
                 "cer": w / 2,
                 "sim": 0.8,
@@ -502,17 +508,7 @@ def test_wer_delta_is_paired_against_the_baseline() -> None:
     averaged first), with its bootstrap interval; none for the baseline and the reference rows; shown as one cell."""
     from specbench.bench.report import display_frame
 
-    timing = {
-        "tokens": 10,
-        "target_calls": 10,
-        "rounds": 10,
-        "proposed": 0,
-        "accepted": 0,
-        "lm_seconds": 0.1,
-        "tokens_per_s": 100.0,
-        "lm_rtf": 0.5,
-        "e2e_rtf": 0.6,
-    }
+    timing = TIMING
     rows = []
     for i in range(6):
         for rep in (0, 1):
