@@ -93,7 +93,6 @@ def _with_path(cfg: RunConfig, path: str) -> RunConfig:
 def _prepare_compiled(m: Any, cfg: RunConfig, contexts: list[tuple[Any, int]]) -> None:
     """One static capacity for every cache (target and drafts) and the buckets the decoders use, compiled."""
     from specbench.models.static_lm import BUCKETS, bucket
-    from specbench.targets.builtin import phoneme_ids
 
     nodes, sizes = 1, {1, 2}
     for d in cfg.decoders:
@@ -103,10 +102,9 @@ def _prepare_compiled(m: Any, cfg: RunConfig, contexts: list[tuple[Any, int]]) -
         nodes = max(nodes, n)
         sizes.add(bucket(n + 1))
 
-    def context_len(ctx: Any) -> int:  # slots the prefill fills: the family prompt (hf-causal) or text + SEP + prompt
-        if hasattr(m.target, "context_ids"):
-            return int(m.target.context_ids(ctx).numel())
-        return phoneme_ids(ctx).numel() + 1 + ctx.prompt_tokens.numel()
+    def context_len(ctx: Any) -> int:  # slots the prefill fills, read off its cache (any backend, any text input)
+        with torch.inference_mode():
+            return int(m.target.prefill(ctx)[2].length)
 
     need = max(context_len(ctx) + budget for ctx, budget in contexts) + nodes + 1 + BUCKETS[-1]
     models = [m.target, *m.resources.drafts.values()]

@@ -150,6 +150,12 @@ class MelFrontend:
         return synth(angles)
 
 
+def check_kernel(kernel: tuple[float, ...]) -> None:
+    """ModelError (one line) unless ``kernel`` has an odd number of non-negative taps with a positive sum."""
+    if len(kernel) % 2 != 1 or any(w < 0 for w in kernel) or sum(kernel) <= 0:
+        raise ModelError(f"codec.synthesis_kernel {list(kernel)} needs an odd number of non-negative taps with a positive sum: e.g. [1, 2, 1], or [1] for none")
+
+
 def smooth_frames(frames: torch.Tensor, kernel: tuple[float, ...]) -> torch.Tensor:
     """``[frames, d]`` → the same shape, ``y_t = Σ_j w_j x_{t+j-r}`` with ``w = kernel / Σ kernel``, odd
     length ``2r + 1``, edges padded by repeating the first/last frame (so a constant sequence is unchanged).
@@ -157,8 +163,7 @@ def smooth_frames(frames: torch.Tensor, kernel: tuple[float, ...]) -> torch.Tens
     Summed tap by tap in a fixed order with elementwise operations (no convolution kernel, whose
     vectorisation differs by CPU), so equal inputs give equal bits everywhere.
     """
-    if len(kernel) % 2 != 1 or any(w < 0 for w in kernel) or sum(kernel) <= 0:
-        raise ModelError(f"codec.synthesis_kernel {list(kernel)} needs an odd number of non-negative taps with a positive sum: e.g. [1, 2, 1], or [1] for none")
+    check_kernel(kernel)
     if len(kernel) == 1 or frames.shape[0] == 0:
         return frames
     r = len(kernel) // 2
@@ -208,7 +213,7 @@ class KMeansMelCodec:
     def __init__(self, centroids: torch.Tensor, cfg: MelConfig | None = None, synthesis_kernel: tuple[float, ...] = DEFAULT_KERNEL) -> None:
         self.cfg = cfg or MelConfig()
         self.centroids = centroids.float()
-        smooth_frames(self.centroids[:1], tuple(synthesis_kernel))  # validates the kernel now
+        check_kernel(tuple(synthesis_kernel))
         self.synthesis_kernel = tuple(float(w) for w in synthesis_kernel)
         self.frontend = MelFrontend(self.cfg)
         digest = hashlib.sha1(self.centroids.numpy().tobytes()).hexdigest()[:10]

@@ -46,6 +46,31 @@ def round_capacity(n: int) -> int:
     return max(CAPACITY_STEP, -(-n // CAPACITY_STEP) * CAPACITY_STEP)
 
 
+def move_slots(buffers: list[torch.Tensor], indices: torch.Tensor | list[int]) -> int:
+    """Gather the slots ``indices`` (ascending) of every ``[1, heads, capacity, head_dim]`` buffer into
+    slots ``0..len-1``, in place (``index_copy_``: the buffers keep their addresses, as compiled graphs
+    and CUDA graphs need); slots already in place are not copied. Returns ``len(indices)``."""
+    idx = [int(i) for i in indices]
+    n = len(idx)
+    first = next((j for j, s in enumerate(idx) if s != j), n)
+    if first < n and buffers:
+        dev = buffers[0].device
+        src = torch.tensor(idx[first:], dtype=torch.long, device=dev)
+        dst = torch.arange(first, n, device=dev)
+        for t in buffers:
+            t.index_copy_(2, dst, t.index_select(2, src))
+    return n
+
+
+def pad_tree_mask(tree_mask: torch.Tensor, b: int) -> torch.Tensor:
+    """``tree_mask [n, n]`` (bool visibility among new tokens) padded to ``[b, b]``: padded rows see only
+    themselves, so they never feed a real row and always have a key to attend to."""
+    n = tree_mask.shape[0]
+    full = torch.eye(b, dtype=torch.bool, device=tree_mask.device)
+    full[:n, :n] = tree_mask
+    return full
+
+
 class StaticKVCache:
     """Per-layer static buffers ``k[i], v[i]: [1, heads, capacity, head_dim]``; ``length`` valid slots,
     ``offset`` non-speech slots (text + SEP), as :class:`~specbench.models.codec_lm.KVCache`."""
@@ -88,17 +113,7 @@ class StaticKVCache:
     def keep(self, indices: torch.Tensor | list[int]) -> None:
         """Keep exactly the slots ``indices`` (ascending), moved to slots ``0..len-1``; slots already in
         place are not copied."""
-        idx = [int(i) for i in indices]
-        n = len(idx)
-        first = next((j for j, s in enumerate(idx) if s != j), n)
-        if first < n:
-            dev = self.k[0].device
-            src = torch.tensor(idx[first:], dtype=torch.long, device=dev)
-            dst = torch.arange(first, n, device=dev)
-            for bufs in (self.k, self.v):
-                for t in bufs:
-                    t.index_copy_(2, dst, t.index_select(2, src))
-        self.length = n
+        self.length = move_slots([*self.k, *self.v], indices)
 
     def clone(self) -> StaticKVCache:
         c = StaticKVCache.__new__(StaticKVCache)
@@ -215,9 +230,7 @@ class StaticDecoder:
         hit = self._tree.get(id(tree_mask))
         if hit is not None and hit[0] is tree_mask and hit[1] == b:
             return hit[2]
-        n = tree_mask.shape[0]
-        full = torch.eye(b, dtype=torch.bool, device=self.device)
-        full[:n, :n] = tree_mask
+        full = pad_tree_mask(tree_mask.to(self.device), b)
         if len(self._tree) > 16:
             self._tree.clear()
         self._tree[id(tree_mask)] = (tree_mask, b, full)  # the reference keeps id() unique

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from specbench.models.static_lm import BUCKETS, bucket, compile_fn, round_capacity
+from specbench.models.static_lm import BUCKETS, bucket, compile_fn, move_slots, pad_tree_mask, round_capacity
 
 
 class HFStaticCache:
@@ -63,18 +63,8 @@ class HFStaticCache:
     def keep(self, indices: list[int]) -> None:
         """Keep exactly the slots ``indices`` (ascending), moved to slots ``0..len-1``; slots already in
         place are not copied."""
-        idx = [int(i) for i in indices]
-        n = len(idx)
-        first = next((j for j, s in enumerate(idx) if s != j), n)
         layers = self._layers()
-        if first < n and layers:
-            dev = layers[0].keys.device
-            src = torch.tensor(idx[first:], dtype=torch.long, device=dev)
-            dst = torch.arange(first, n, device=dev)
-            for layer in layers:
-                layer.keys.index_copy_(2, dst, layer.keys.index_select(2, src))
-                layer.values.index_copy_(2, dst, layer.values.index_select(2, src))
-        self._length = n
+        self._length = move_slots([t for layer in layers for t in (layer.keys, layer.values)], indices)
 
 
 class HFStaticDecoder:
@@ -126,17 +116,15 @@ class HFStaticDecoder:
         visible[:, start : start + b] = new_mask
         return torch.zeros(1, 1, b, capacity, dtype=self.dtype, device=self.device).masked_fill(~visible, torch.finfo(self.dtype).min)
 
-    def _new_mask(self, n: int, b: int, tree_mask: torch.Tensor | None) -> torch.Tensor:
-        """Visibility among the ``b`` padded new tokens: causal (or ``tree_mask``) for the real ``n``,
-        padded rows see only themselves."""
+    def _new_mask(self, b: int, tree_mask: torch.Tensor | None) -> torch.Tensor:
+        """Visibility among the ``b`` padded new tokens: causal, or ``tree_mask`` padded (padded rows see
+        only themselves; under the causal mask they come last, so no real row sees them)."""
         if tree_mask is None:
             t = self._causal.get(b)
             if t is None:
                 t = self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril()
             return t
-        full = torch.eye(b, dtype=torch.bool, device=self.device)
-        full[:n, :n] = tree_mask
-        return full
+        return pad_tree_mask(tree_mask.to(self.device), b)
 
     def step(self, ids: torch.Tensor, positions: torch.Tensor, cache: HFStaticCache, tree_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Model ids ``[n]`` at absolute ``positions [n]`` appended to ``cache`` (causal, or ``tree_mask``
@@ -149,7 +137,7 @@ class HFStaticDecoder:
         if n != b:
             ids = torch.cat([ids, ids.new_full((b - n,), self.pad_id)])
             positions = torch.cat([positions, positions[-1:].expand(b - n)])
-        mask = self._mask(start, cache.capacity, self._new_mask(n, b, tree_mask))
+        mask = self._mask(start, cache.capacity, self._new_mask(b, tree_mask))
         cache.sync()
         key = (b, cache.capacity)
         t0 = time.perf_counter() if key not in self._seen else None
