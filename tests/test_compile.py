@@ -18,7 +18,7 @@ from specbench.decoding.tree import TreeShape, chain_shape
 from specbench.decoding.tree_rules import greedy_tree, sample_tau
 from specbench.models.codec_lm import CodecLM, ModelConfig
 from specbench.models.heads import DraftHeads
-from specbench.models.static_lm import BUCKETS, StaticDecoder, StaticKVCache, bucket, round_capacity
+from specbench.models.static_lm import BUCKETS, StaticDecoder, StaticKVCache, attention_window, bucket, round_capacity, windows
 from specbench.targets.builtin import BuiltinTarget, as_target, context_from_ids
 
 CFG = dict(speech_vocab=24, d_model=32, n_heads=2, d_ff=64, max_text_len=64, max_speech_len=512)
@@ -59,6 +59,13 @@ def test_bucket_and_capacity_rounding() -> None:
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 17, 33, 65, 128)] == [1, 2, 4, 4, 8, 32, 64, 128, 128]
     assert bucket(129) == 256 and bucket(300) == 384
     assert round_capacity(1) == 256 and round_capacity(257) == 512
+
+
+def test_attention_windows_double_and_stop_at_the_capacity() -> None:
+    assert [attention_window(n, 768) for n in (1, 256, 257, 512, 513, 768)] == [256, 256, 512, 512, 768, 768]
+    assert windows(768) == [256, 512, 768] and windows(256) == [256] and windows(1024) == [256, 512, 1024]
+    with pytest.raises(ValueError, match="do not fit"):
+        attention_window(769, 768)
 
 
 def test_config_flag_and_bad_path() -> None:
@@ -188,8 +195,25 @@ def test_compiled_buckets_equal_eager() -> None:
     assert a.tolist() == b.tolist() and heads_compile_seconds() > 0
 
 
-def test_static_decoder_warm_up_builds_every_bucket() -> None:
+def test_static_decoder_warm_up_builds_every_bucket_and_window() -> None:
     target, _ = _models()
     dec = StaticDecoder(target, compile=False)
     dec.warm_up(100, sizes=BUCKETS[:3])
-    assert {b for b, _ in dec._seen} == set(BUCKETS[:3])
+    assert dec._seen == {(b, 256, 256) for b in BUCKETS[:3]}
+    dec = StaticDecoder(target, compile=False)
+    dec.warm_up(400, sizes=(1, 4))
+    assert dec._seen == {(b, 768, w) for b in (1, 4) for w in (256, 512, 768)}
+
+
+def test_decodes_across_attention_windows_equal_eager() -> None:
+    """Decodes long enough to cross from the 256- into the 512-slot window give the eager path's tokens
+    (chain and tree verifies whose new block straddles the boundary included)."""
+    target, draft = _models()
+    te, eager = _decoders(target, draft, "eager")
+    ts, static = _decoders(target, draft, "static")
+    for name in ("baseline", "chain-exact", "heads-tree"):
+        (pe, re), (ps, rs) = eager[name], static[name]
+        a, _ = generate(te, _ctx(), Sampling(), 450, torch.Generator().manual_seed(0), pe, re)
+        b, _ = generate(ts, _ctx(), Sampling(), 450, torch.Generator().manual_seed(0), ps, rs)
+        assert len(a) > 440 and a.tolist() == b.tolist(), name
+    assert {w for _, _, w in ts.static._seen} == {256, 512}

@@ -292,6 +292,30 @@ def test_hf_static_path_gives_the_eager_tokens(hf_dirs, mini_family) -> None:
     assert out["static"]["sd"][0] == out["static"]["baseline"][0] and out["static"]["sd"][1] < out["static"]["baseline"][1]
 
 
+def test_hf_static_path_across_attention_windows(hf_dirs, mini_family) -> None:
+    """A decode long enough to leave the 256-slot attention window (the cache then attends over 512) gives
+    the eager path's tokens, greedy chain and heads tree alike."""
+    from specbench.decoding.proposers import HeadsProposer
+    from specbench.decoding.tree_rules import greedy_tree
+    from specbench.models.heads import DraftHeads
+
+    out = {}
+    for path in ("eager", "static"):
+        t = _hf(hf_dirs, mini_family, "qwen2", decode_path=path)
+        torch.manual_seed(5)
+        heads = DraftHeads.from_target(t, n_heads=2, n_layers=1).eval()
+        out[path] = [
+            generate(t, CTX, Sampling(), 300, torch.Generator())[0].tolist(),
+            generate(t, CTX, Sampling(), 300, torch.Generator(), HeadsProposer(heads, t, dense_shape(2, 2)), greedy_tree)[0].tolist(),
+        ]
+    assert len(out["eager"][0]) > 280 and out["eager"] == out["static"]
+    assert {w for *_, w in t.static._seen} >= {256, 512}
+    with pytest.raises(ValueError, match="cannot take 2 more"):
+        _, _, cache = t.prefill(CTX, capacity=4)
+        cache.set_length(cache.capacity - 1)
+        t.step(torch.tensor([1, 2]), cache)
+
+
 def test_hf_compiled_path_and_config(hf_dirs, mini_family) -> None:
     """model.compile: true loads the compiled static path for target and layer-subset draft; torch.compile
     (inductor) of buckets 1 and 4 decodes the eager path's tokens, and a new cache reuses the graphs."""

@@ -213,6 +213,7 @@ def recursive_rejection(p: torch.Tensor, proposal: Proposal, generator: torch.Ge
     p[node] and the whole output as the target's (Miao et al. 2023, SpecInfer). A one-path tree is the
     chain ``exact`` rule.
     """
+
     def emit(_p: torch.Tensor, r: torch.Tensor) -> tuple[int, int]:
         y = _emit_sample(r, generator)
         return y, y
@@ -220,9 +221,7 @@ def recursive_rejection(p: torch.Tensor, proposal: Proposal, generator: torch.Ge
     return _multi_draft_walk(p, proposal, generator, lambda d: d, lambda t: t, emit)
 
 
-def group_tree_verdict(
-    p: torch.Tensor, proposal: Proposal, generator: torch.Generator, groups: Groups, labels: list[int] | None = None
-) -> TreeVerdict:
+def group_tree_verdict(p: torch.Tensor, proposal: Proposal, generator: torch.Generator, groups: Groups, labels: list[int] | None = None) -> TreeVerdict:
     """PCG on a SAMPLED tree: :func:`recursive_rejection` over group labels (methods.md §4).
 
     Each candidate t gets a label k ~ w_{·,t}; siblings' labels are i.i.d. from Q_c = W q. With

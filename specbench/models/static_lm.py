@@ -12,9 +12,13 @@ reused across rounds and utterances:
 - The number of new tokens ``n`` is padded to a bucket of :data:`BUCKETS` (1, 2, 4, ... 128); padded rows
   carry token 0 at a valid position, write to slots after the real ones (masked for every real row) and
   see only themselves; their outputs are dropped. Real rows' logits do not depend on the padding.
-- Attention runs over the full capacity with a boolean mask built inside the graph from the valid
-  length (a 0-d tensor input, so a new length is no new graph) and the ``[B, B]`` visibility among the
-  new tokens (causal or the tree mask, padded).
+- Attention runs over a window of the first ``W`` slots, ``W`` the smallest :data:`WINDOW_MIN` · 2^k
+  that holds the valid length plus the new block (at most the capacity; :func:`attention_window`), with a
+  boolean mask built inside the graph from the valid length (a 0-d tensor input, so a new length inside
+  the same window is no new graph) and the ``[B, B]`` visibility among the new tokens (causal or the tree
+  mask, padded). A full-capacity window would make every step read every key and value slot of the
+  cache, as many bytes as the weights on the shipped model, and a tree's B queries score them all; the
+  doubling windows bound the waste to 2× the live length at a few graphs per bucket.
 
 :func:`static_forward` is a pure function of tensors; :class:`StaticDecoder` compiles it (or not) and
 runs the prefill eagerly into the static cache. With ``compile=False`` the same static path runs eagerly,
@@ -30,6 +34,7 @@ from specbench.models.codec_lm import Alignment, CodecLM
 
 BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
 CAPACITY_STEP = 256
+WINDOW_MIN = 256
 
 
 def bucket(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
@@ -44,6 +49,26 @@ def bucket(n: int, buckets: tuple[int, ...] = BUCKETS) -> int:
 def round_capacity(n: int) -> int:
     """Capacity rounded up to a multiple of :data:`CAPACITY_STEP`."""
     return max(CAPACITY_STEP, -(-n // CAPACITY_STEP) * CAPACITY_STEP)
+
+
+def attention_window(need: int, capacity: int) -> int:
+    """Key/value slots a static forward attends over when ``need`` slots are live after it: the smallest
+    ``WINDOW_MIN · 2^k >= need``, capped at ``capacity`` (one compiled graph per distinct window)."""
+    if need > capacity:
+        raise ValueError(f"{need} live slots do not fit a static cache of {capacity}")
+    w = WINDOW_MIN
+    while w < need:
+        w *= 2
+    return min(w, capacity)
+
+
+def windows(capacity: int) -> list[int]:
+    """Every window :func:`attention_window` can pick for a cache of ``capacity`` slots, ascending."""
+    out, w = [], WINDOW_MIN
+    while w < capacity:
+        out.append(w)
+        w *= 2
+    return [*out, capacity]
 
 
 def move_slots(buffers: list[torch.Tensor], indices: torch.Tensor | list[int]) -> int:
@@ -132,23 +157,24 @@ def static_forward(
     ks: list[torch.Tensor],
     vs: list[torch.Tensor],
     extra: torch.Tensor,
+    window: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One static-shape forward of ``B`` (padded) new tokens.
 
     ``tokens, pos_ids, slots: [B]`` (speech ids, position-table ids, cache slots ``length + 0..B-1``),
     ``length``: 0-d valid cache length before the new tokens, ``new_mask: [B, B]`` bool visibility among
     the new tokens, ``extra [B, d]``: added to the input embeddings (an aligned model's frame
-    conditioning; zeros otherwise). Writes keys/values into ``ks``/``vs`` at ``slots``; returns
+    conditioning; zeros otherwise), ``window``: attend over slots ``0..window-1`` (a Python int: one graph
+    per window; ``length + B <= window``). Writes keys/values into ``ks``/``vs`` at ``slots``; returns
     ``(logits [B, V+1], hidden [B, d])``.
     """
     cfg = model.cfg
     b = tokens.shape[0]
-    cap = ks[0].shape[2]
     n_heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
     # padded rows may sit past the table's end near max_speech_len: clamp (real rows never exceed it)
     pos_ids = pos_ids.clamp(max=model.pos_emb.num_embeddings - 1)
     h = (model.tok_emb(tokens + cfg.speech_offset) + model.pos_emb(pos_ids) + extra).unsqueeze(0)
-    col = torch.arange(cap, device=tokens.device)
+    col = torch.arange(window, device=tokens.device)
     rel = col - length
     in_block = (rel >= 0) & (rel < b)
     mask = (col < length)[None, :] | (in_block[None, :] & new_mask[:, rel.clamp(0, b - 1)])
@@ -157,7 +183,7 @@ def static_forward(
         q, k, v = blk.qkv(blk.ln1(h)).view(1, b, 3, n_heads, head_dim).permute(2, 0, 3, 1, 4)
         ks[i].index_copy_(2, slots, k)
         vs[i].index_copy_(2, slots, v)
-        a = F.scaled_dot_product_attention(q, ks[i], vs[i], attn_mask=mask)
+        a = F.scaled_dot_product_attention(q, ks[i][:, :, :window], vs[i][:, :, :window], attn_mask=mask)
         h = h + blk.proj(a.transpose(1, 2).reshape(1, b, cfg.d_model))
         h = h + blk.fc2(F.gelu(blk.fc1(blk.ln2(h))))
     h = model.ln_f(h[0])
@@ -168,8 +194,8 @@ def compile_fn(fn, device: torch.device):  # noqa: ANN001, ANN201 - a torch.comp
     """``torch.compile`` with static shapes: inductor on CPU, CUDA graphs (reduce-overhead) on CUDA."""
     import torch._dynamo
 
-    # one graph per (bucket, capacity) pair: allow more than dynamo's default of 8 per function
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # one graph per (bucket, capacity, window): allow more than dynamo's default of 8 per function
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 512)
     mode = "reduce-overhead" if device.type == "cuda" else None
     return torch.compile(fn, dynamic=False, mode=mode)
@@ -186,7 +212,7 @@ class StaticDecoder:
         p = model.head.weight
         self.device, self.dtype = p.device, p.dtype
         self._fn = compile_fn(self._forward, self.device) if compile else self._forward
-        self._seen: set[tuple[int, int]] = set()
+        self._seen: set[tuple[int, int, int]] = set()
         self._causal: dict[int, torch.Tensor] = {}
         self._ar: dict[int, torch.Tensor] = {}
         self._zeros: dict[int, torch.Tensor] = {}
@@ -194,8 +220,8 @@ class StaticDecoder:
         self.compile_seconds = 0.0
         self.min_capacity = 0  # a floor for every cache (bench: one capacity, hence one graph per bucket)
 
-    def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs, extra):  # noqa: ANN001, ANN202
-        return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs, extra)
+    def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window):  # noqa: ANN001, ANN202
+        return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window)
 
     def new_cache(self, capacity: int) -> StaticKVCache:
         cfg = self.model.cfg
@@ -257,7 +283,8 @@ class StaticDecoder:
         mask = self._causal_mask(b) if tree_mask is None else self._tree_mask(tree_mask, b)
         slots = ar + start
         length = torch.tensor(start, device=self.device)
-        key = (b, cache.capacity)
+        window = attention_window(start + b, cache.capacity)
+        key = (b, cache.capacity, window)
         t0 = time.perf_counter() if key not in self._seen else None
         if cache.alignment is not None:
             extra = cache.alignment.at(pos)
@@ -265,7 +292,7 @@ class StaticDecoder:
             extra = self._zeros.get(b)
             if extra is None:
                 extra = self._zeros[b] = torch.zeros(b, self.model.cfg.d_model, device=self.device, dtype=self.dtype)
-        logits, hidden = self._fn(toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v, extra)
+        logits, hidden = self._fn(toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v, extra, window)
         if t0 is not None:
             self._seen.add(key)
             self.compile_seconds += time.perf_counter() - t0
@@ -275,14 +302,16 @@ class StaticDecoder:
         return logits, hidden
 
     def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
-        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots ahead of timing; returns seconds."""
+        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots, every attention window of it,
+        ahead of timing; returns seconds."""
         import time
 
         t0 = time.perf_counter()
         with torch.inference_mode():
             cache = self.new_cache(max(capacity + BUCKETS[-1], self.min_capacity))
-            cache.length = cache.offset = 1
+            cache.offset = 1
             for b in sizes:
-                self.step(torch.zeros(b, dtype=torch.long, device=self.device), cache)
-                cache.crop(1)
+                for w in windows(cache.capacity):
+                    cache.length = max(1, w - b)  # the new block ends at the window's last slot
+                    self.step(torch.zeros(b, dtype=torch.long, device=self.device), cache)
         return time.perf_counter() - t0

@@ -6,8 +6,8 @@ its output head already covers speech space (codec tokens + EOS), so the adapter
 converts node depths into the model's speech positions and keeps the model's preallocated cache.
 
 ``path`` picks the decode path: ``eager`` (the model's own forward and growing cache), ``static``
-(specbench/models/static_lm.py: static KV cache, bucketed new-token counts, masked full-capacity
-attention, run eagerly) or ``compiled`` (the static path through torch.compile; ``model.compile: true``).
+(specbench/models/static_lm.py: static KV cache, bucketed new-token counts, masked attention over
+doubling windows of the cache, run eagerly) or ``compiled`` (the static path through torch.compile; ``model.compile: true``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ tree verify ``position_ids = L + depth`` with a 4-D additive attention mask ``[1
 (cache visible, new tokens through the tree mask) that transformers uses as given.
 
 ``decode_path``: ``eager`` (the above), ``static`` (transformers' ``StaticCache``, bucketed new-token
-counts, a full-capacity mask: :mod:`specbench.targets.hf_static`, run eagerly) or ``compiled`` (the static
+counts, attention over doubling windows of the cache: :mod:`specbench.targets.hf_static`, run eagerly) or ``compiled`` (the static
 path through torch.compile; ``model.compile: true``). All three give the same tokens (tests).
 """
 

@@ -12,9 +12,13 @@ The same design as the built-in model's (:mod:`specbench.models.static_lm`), on 
   a few cache shapes.
 - New tokens are padded to a bucket of :data:`~specbench.models.static_lm.BUCKETS` (1, 2, 4, ...):
   padded rows carry speech code 0 at the last real position, write to the slots after the real ones and
-  see only themselves and the cache; their outputs are dropped. The 4-D additive mask ``[1, 1, B,
-  capacity]`` (cache slots ``< length`` visible, the new block through the causal or tree mask, nothing
-  else) is built outside the graph, so its shape, not its values, picks the graph.
+  see only themselves and the cache; their outputs are dropped.
+- Attention reads only a window of the first ``W`` slots (:func:`~specbench.models.static_lm.attention_window`:
+  doubling from 256, at most the capacity): every layer of the cache is a :class:`StaticLayer` whose
+  ``update`` returns ``keys[:, :, :W]`` (``W`` a Python int attribute, so dynamo builds one graph per
+  window). The 4-D additive mask ``[1, 1, B, W]`` (slots ``< length`` visible, the new block through the
+  causal or tree mask, nothing else) is built outside the graph, so its shape, not its values, picks the
+  graph.
 - :class:`HFStaticDecoder` runs the prefill eagerly into a fresh static cache and every step through one
   function of ``(ids, positions, mask, cache)``, compiled by
   :func:`~specbench.models.static_lm.compile_fn` (inductor on CPU, CUDA graphs on CUDA) when ``compile``.
@@ -23,12 +27,50 @@ The same design as the built-in model's (:mod:`specbench.models.static_lm`), on 
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import torch
 
-from specbench.models.static_lm import BUCKETS, bucket, compile_fn, move_slots, pad_tree_mask, round_capacity
+from specbench.models.static_lm import BUCKETS, attention_window, bucket, compile_fn, move_slots, pad_tree_mask, round_capacity, windows
+
+
+@functools.cache
+def _windowed_layer_class() -> type:
+    """transformers' ``StaticLayer`` whose ``update`` returns the first ``window`` slots (all when None)."""
+    from transformers.cache_utils import StaticLayer
+
+    class WindowedStaticLayer(StaticLayer):
+        window: int | None = None
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            w = self.window
+            return (keys, values) if w is None else (keys[:, :, :w], values[:, :, :w])
+
+    return WindowedStaticLayer
+
+
+def windowed_static_cache(config: Any, capacity: int) -> Any:
+    """A transformers ``StaticCache`` of ``capacity`` slots whose layers attend over a settable window
+    (:func:`set_window`). Sliding-window layers have no place in it: a one-line error says so."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer
+
+    cache = StaticCache(config=config, max_cache_len=capacity)
+    cls = _windowed_layer_class()
+    for layer in cache.layers:
+        if type(layer) is not StaticLayer:
+            raise ValueError(f"the static decode path supports full-attention layers only, this model has {type(layer).__name__}: set model.compile: false")
+        layer.__class__ = cls  # the same object and buffers, a subclass that adds only the window
+    return cache
+
+
+def set_window(cache: Any, window: int | None) -> None:
+    """Attend over the first ``window`` slots of every layer of a :func:`windowed_static_cache`."""
+    for layer in cache.layers:
+        layer.window = window
 
 
 class HFStaticCache:
@@ -85,7 +127,7 @@ class HFStaticDecoder:
         self.device = device
         self.compile = compile
         self._fn = compile_fn(self._forward, device) if compile else self._forward
-        self._seen: set[tuple[int, int]] = set()
+        self._seen: set[tuple[int, int, int]] = set()
         self._causal: dict[int, torch.Tensor] = {}
         self.compile_seconds = 0.0
         self.min_capacity = 0
@@ -95,26 +137,25 @@ class HFStaticDecoder:
         return out.last_hidden_state[0]
 
     def new_cache(self, capacity: int) -> HFStaticCache:
-        from transformers import StaticCache
-
         cap = max(round_capacity(capacity) + BUCKETS[-1], self.min_capacity)
-        return HFStaticCache(StaticCache(config=self.config, max_cache_len=cap), cap)
+        return HFStaticCache(windowed_static_cache(self.config, cap), cap)
 
     def prefill(self, ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, HFStaticCache]:
         """``ids [L]`` through the backbone (eager, transformers' causal mask) into a static cache with
         room for ``capacity`` more tokens; returns (hidden state of the last prompt token, cache)."""
         cache = self.new_cache(ids.numel() + capacity + 1)
+        set_window(cache.cache, None)  # the prefill's causal mask spans the capacity
         out = self.backbone(input_ids=ids[None], use_cache=True, **{self.cache_kw: cache.cache})
         cache.set_length(ids.numel())
         return out.last_hidden_state[0, -1], cache
 
-    def _mask(self, start: int, capacity: int, new_mask: torch.Tensor) -> torch.Tensor:
-        """``[1, 1, B, capacity]`` additive: slots < ``start`` visible, slots ``start + j`` through ``new_mask``."""
+    def _mask(self, start: int, window: int, new_mask: torch.Tensor) -> torch.Tensor:
+        """``[1, 1, B, window]`` additive: slots < ``start`` visible, slots ``start + j`` through ``new_mask``."""
         b = new_mask.shape[0]
-        visible = torch.zeros(b, capacity, dtype=torch.bool, device=self.device)
+        visible = torch.zeros(b, window, dtype=torch.bool, device=self.device)
         visible[:, :start] = True
         visible[:, start : start + b] = new_mask
-        return torch.zeros(1, 1, b, capacity, dtype=self.dtype, device=self.device).masked_fill(~visible, torch.finfo(self.dtype).min)
+        return torch.zeros(1, 1, b, window, dtype=self.dtype, device=self.device).masked_fill(~visible, torch.finfo(self.dtype).min)
 
     def _new_mask(self, b: int, tree_mask: torch.Tensor | None) -> torch.Tensor:
         """Visibility among the ``b`` padded new tokens: causal, or ``tree_mask`` padded (padded rows see
@@ -137,9 +178,11 @@ class HFStaticDecoder:
         if n != b:
             ids = torch.cat([ids, ids.new_full((b - n,), self.pad_id)])
             positions = torch.cat([positions, positions[-1:].expand(b - n)])
-        mask = self._mask(start, cache.capacity, self._new_mask(b, tree_mask))
+        window = attention_window(start + b, cache.capacity)
+        mask = self._mask(start, window, self._new_mask(b, tree_mask))
+        set_window(cache.cache, window)
         cache.sync()
-        key = (b, cache.capacity)
+        key = (b, cache.capacity, window)
         t0 = time.perf_counter() if key not in self._seen else None
         hidden = self._fn(ids[None], positions[None], mask, cache.cache)
         if t0 is not None:
@@ -149,11 +192,15 @@ class HFStaticDecoder:
         return hidden[:n]
 
     def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
-        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots ahead of timing; returns seconds."""
+        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots, every attention window of it,
+        ahead of timing; returns seconds."""
         t0 = time.perf_counter()
         with torch.inference_mode():
             _, cache = self.prefill(torch.full((1,), self.pad_id, dtype=torch.long, device=self.device), capacity)
             for b in sizes:
-                self.step(torch.full((b,), self.pad_id, dtype=torch.long, device=self.device), torch.arange(1, 1 + b, device=self.device), cache)
-                cache.crop(1)
+                for w in windows(cache.capacity):
+                    start = max(1, w - b)  # the new block ends at the window's last slot
+                    cache.set_length(start)
+                    pos = torch.arange(start, start + b, device=self.device)
+                    self.step(torch.full((b,), self.pad_id, dtype=torch.long, device=self.device), pos, cache)
         return time.perf_counter() - t0
