@@ -201,8 +201,23 @@ def test_static_decoder_warm_up_builds_every_bucket_and_window() -> None:
     dec.warm_up(100, sizes=BUCKETS[:3])
     assert dec._seen == {(b, 256, 256) for b in BUCKETS[:3]}
     dec = StaticDecoder(target, compile=False)
-    dec.warm_up(400, sizes=(1, 4))
+    dec.warm_up(700, sizes=(1, 4))
     assert dec._seen == {(b, 768, w) for b in (1, 4) for w in (256, 512, 768)}
+
+
+def test_warm_up_under_a_capacity_floor_builds_the_graphs_decodes_use() -> None:
+    """With ``min_capacity`` set (the bench), every prefill that fits gets the warm-up's capacity, so a decode
+    after ``warm_up`` builds no new graph (a timed decode must not compile)."""
+    target, _ = _models()
+    t = as_target(target, path="static")
+    t.static.min_capacity = 450  # rounds to 512 slots (a warm-up that added the padding room got 768)
+    t.static.warm_up(450, sizes=(1,))
+    seen = set(t.static._seen)
+    for capacity in (10, 60, 150):
+        _, _, cache = t.prefill(_ctx(), capacity=capacity)
+        assert cache.capacity == 512
+    generate(t, _ctx(), Sampling(), 150, torch.Generator().manual_seed(0))
+    assert t.static._seen == seen
 
 
 def test_decodes_across_attention_windows_equal_eager() -> None:

@@ -188,5 +188,27 @@ def test_bench_reports_ratios_overhead_and_tree_verify_cost(tiny_assets, tmp_pat
     res = CliRunner().invoke(app, ["bench", str(path), "--out", str(md)])
     assert res.exit_code == 0, res.output
     text = md.read_text()
-    for needle in ("loop_overhead", "draft_cost_c", "vadusa", "tree dense-small", "cost_vs_1"):
+    for needle in ("loop_overhead", "draft_cost_c", "vadusa", "tree dense-small", "cost_vs_1", "cache_slots"):
         assert needle in text, needle
+
+
+def test_verify_cost_is_timed_after_the_history() -> None:
+    """The verify forwards attend to the prompt plus ``history`` appended tokens, and leave them in place."""
+    import torch
+
+    from specbench.bench.speed import verify_cost
+    from specbench.models.codec_lm import CodecLM, ModelConfig
+    from specbench.targets.builtin import context_from_ids
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(speech_vocab=24, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_text_len=32, max_speech_len=256)
+
+    class M:  # the two fields verify_cost reads off the bench's models
+        target = as_target(CodecLM(cfg).eval())
+        device = torch.device("cpu")
+
+    ctx = context_from_ids(torch.arange(2, 10), torch.arange(6))
+    short, n0 = verify_cost(M, ctx, sizes=(1, 4), reps=2)
+    long, n1 = verify_cost(M, ctx, sizes=(1, 4), reps=2, history=40)
+    assert n0 == 8 + 1 + 6 and n1 == n0 + 40
+    assert set(short) == set(long) == {"1", "4"} and long["4"][0] == 4 and long["4"][1] > 0

@@ -310,6 +310,15 @@ def test_hf_static_path_across_attention_windows(hf_dirs, mini_family) -> None:
         ]
     assert len(out["eager"][0]) > 280 and out["eager"] == out["static"]
     assert {w for *_, w in t.static._seen} >= {256, 512}
+    # under a capacity floor (the bench) a decode after warm_up builds no new graph
+    t.static.min_capacity = 520
+    t.static._seen.clear()
+    t.static.warm_up(520, sizes=(1,))
+    seen = set(t.static._seen)
+    assert {cap for _, cap, _ in seen} == {768}
+    assert [t.prefill(CTX, capacity=n)[2].capacity for n in (10, 200)] == [768, 768]
+    generate(t, CTX, Sampling(), 200, torch.Generator())
+    assert t.static._seen == seen
     with pytest.raises(ValueError, match="cannot take 2 more"):
         _, _, cache = t.prefill(CTX, capacity=4)
         cache.set_length(cache.capacity - 1)

@@ -218,7 +218,7 @@ class StaticDecoder:
         self._zeros: dict[int, torch.Tensor] = {}
         self._tree: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
         self.compile_seconds = 0.0
-        self.min_capacity = 0  # a floor for every cache (bench: one capacity, hence one graph per bucket)
+        self.min_capacity = 0  # a floor for every cache (bench: one capacity, hence one graph per bucket x window)
 
     def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window):  # noqa: ANN001, ANN202
         return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window)
@@ -302,13 +302,14 @@ class StaticDecoder:
         return logits, hidden
 
     def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
-        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots, every attention window of it,
-        ahead of timing; returns seconds."""
+        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots (at least ``min_capacity``,
+        rounded as every cache is), every attention window of it, ahead of timing; returns seconds."""
         import time
 
         t0 = time.perf_counter()
         with torch.inference_mode():
-            cache = self.new_cache(max(capacity + BUCKETS[-1], self.min_capacity))
+            # the capacity every prefill gets under this floor (a request <= it rounds to the same size)
+            cache = self.new_cache(max(capacity, self.min_capacity))
             cache.offset = 1
             for b in sizes:
                 for w in windows(cache.capacity):

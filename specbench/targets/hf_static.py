@@ -115,7 +115,8 @@ class HFStaticDecoder:
     ``cache_kw`` is the name the backbone takes its cache under (``cache`` or ``past_key_values``),
     ``pad_id`` the model id padded rows carry, ``dtype`` the mask's dtype (the model's).
     ``compile_seconds`` accumulates the wall time of calls that built a new graph; ``min_capacity`` is a
-    floor for every cache (the bench sets it so all utterances share one capacity, hence one graph per bucket).
+    floor for every cache (the bench sets it so all utterances share one capacity, hence one graph per
+    bucket and window, the ones :meth:`warm_up` builds).
     """
 
     def __init__(self, backbone: Any, config: Any, cache_kw: str, pad_id: int, dtype: torch.dtype, device: torch.device, compile: bool = False) -> None:
@@ -137,13 +138,15 @@ class HFStaticDecoder:
         return out.last_hidden_state[0]
 
     def new_cache(self, capacity: int) -> HFStaticCache:
-        cap = max(round_capacity(capacity) + BUCKETS[-1], self.min_capacity)
+        """A cache of ``capacity`` slots (at least ``min_capacity``), rounded up to a multiple of
+        :data:`~specbench.models.static_lm.CAPACITY_STEP` so that utterances share a few shapes."""
+        cap = round_capacity(max(capacity, self.min_capacity))
         return HFStaticCache(windowed_static_cache(self.config, cap), cap)
 
     def prefill(self, ids: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, HFStaticCache]:
         """``ids [L]`` through the backbone (eager, transformers' causal mask) into a static cache with
         room for ``capacity`` more tokens; returns (hidden state of the last prompt token, cache)."""
-        cache = self.new_cache(ids.numel() + capacity + 1)
+        cache = self.new_cache(ids.numel() + capacity + 1 + BUCKETS[-1])  # + the largest bucket's padding
         set_window(cache.cache, None)  # the prefill's causal mask spans the capacity
         out = self.backbone(input_ids=ids[None], use_cache=True, **{self.cache_kw: cache.cache})
         cache.set_length(ids.numel())
@@ -192,11 +195,12 @@ class HFStaticDecoder:
         return hidden[:n]
 
     def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
-        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots, every attention window of it,
-        ahead of timing; returns seconds."""
+        """Build the graphs of ``sizes`` for a cache of ``capacity`` slots (at least ``min_capacity``,
+        rounded as every cache is), every attention window of it, ahead of timing; returns seconds."""
         t0 = time.perf_counter()
         with torch.inference_mode():
-            _, cache = self.prefill(torch.full((1,), self.pad_id, dtype=torch.long, device=self.device), capacity)
+            room = max(0, capacity - 2 - BUCKETS[-1])  # a one-token prefill asking for `capacity` slots in all
+            _, cache = self.prefill(torch.full((1,), self.pad_id, dtype=torch.long, device=self.device), room)
             for b in sizes:
                 for w in windows(cache.capacity):
                     start = max(1, w - b)  # the new block ends at the window's last slot
