@@ -181,7 +181,7 @@ table-ssd table-vadusa table-pcg: table-%:
 
 table-all: table-ssd table-vadusa table-pcg
 
-# Frozen vs joint VADUSA heads on the built-in model: train the joint heads (~17 min on 2 CPU cores; they
+# Frozen vs joint VADUSA heads on the built-in model: train the joint heads (~33 min on 2 CPU cores, fp32; they
 # fine-tune a copy of the target), calibrate their budget-32 tree on the dev split, run
 # recipes/vadusa_joint.yaml, and write one table of the frozen-heads sweep (table-vadusa) and the joint run.
 table-vadusa-joint: runs/train/heads-joint/heads.pt runs/trees/vadusa-joint-32.json
