@@ -325,6 +325,21 @@ def test_hf_static_path_across_attention_windows(hf_dirs, mini_family) -> None:
         t.step(torch.tensor([1, 2]), cache)
 
 
+def test_hf_static_path_refuses_sliding_window_layers() -> None:
+    """A model with sliding-window attention layers cannot take the windowed static cache: a ModelError at
+    load time names the fix (the CLI prints it as one line)."""
+    from transformers import Qwen2Config
+
+    from specbench.errors import ModelError
+    from specbench.targets.hf_static import HFStaticDecoder
+
+    kw = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64, vocab_size=100)
+    HFStaticDecoder(None, Qwen2Config(**kw), "past_key_values", 0, torch.float32, CPU)  # full attention: accepted
+    sliding = Qwen2Config(**kw, use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    with pytest.raises(ModelError, match="model.compile: false"):
+        HFStaticDecoder(None, sliding, "past_key_values", 0, torch.float32, CPU)
+
+
 def test_hf_compiled_path_and_config(hf_dirs, mini_family) -> None:
     """model.compile: true loads the compiled static path for target and layer-subset draft; torch.compile
     (inductor) of buckets 1 and 4 decodes the eager path's tokens, and a new cache reuses the graphs."""

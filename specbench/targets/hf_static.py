@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from specbench.errors import ModelError
 from specbench.models.static_lm import BUCKETS, attention_window, bucket, compile_fn, move_slots, pad_tree_mask, round_capacity, windows
 
 
@@ -62,7 +63,7 @@ def windowed_static_cache(config: Any, capacity: int) -> Any:
     cls = _windowed_layer_class()
     for layer in cache.layers:
         if type(layer) is not StaticLayer:
-            raise ValueError(f"the static decode path supports full-attention layers only, this model has {type(layer).__name__}: set model.compile: false")
+            raise ModelError(f"the static decode path supports full-attention layers only, this model has {type(layer).__name__}: set model.compile: false")
         layer.__class__ = cls  # the same object and buffers, a subclass that adds only the window
     return cache
 
@@ -127,6 +128,7 @@ class HFStaticDecoder:
         self.dtype = dtype
         self.device = device
         self.compile = compile
+        windowed_static_cache(config, round_capacity(1))  # refuse unsupported layer types at load time (no buffers yet)
         self._fn = compile_fn(self._forward, device) if compile else self._forward
         self._seen: set[tuple[int, int, int]] = set()
         self._causal: dict[int, torch.Tensor] = {}
