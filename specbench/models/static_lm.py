@@ -27,6 +27,8 @@ which the tests use to check it against the dynamic path cheaply.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -201,24 +203,57 @@ def compile_fn(fn, device: torch.device):  # noqa: ANN001, ANN201 - a torch.comp
     return torch.compile(fn, dynamic=False, mode=mode)
 
 
-class StaticDecoder:
+class StaticGraphs:
+    """What both static decode paths (built-in and hf-causal) share: the step function, compiled or not;
+    the ledger of graph keys ``(bucket, capacity, window)`` already run, with ``compile_seconds`` = wall
+    time of the first call of each key (the call that builds its graph when compiled; targets report it
+    only then); cached causal masks; ``min_capacity``, a floor for every cache (the bench sets it so all
+    utterances share one capacity, hence the graphs ``warm_up`` builds at :meth:`warm_up_starts`)."""
+
+    def __init__(self, fn, device: torch.device, compile: bool) -> None:  # noqa: ANN001 - the step function
+        self.device = device
+        self.compile = compile
+        self._fn = compile_fn(fn, device) if compile else fn
+        self._seen: set[tuple[int, int, int]] = set()
+        self._causal: dict[int, torch.Tensor] = {}
+        self.compile_seconds = 0.0
+        self.min_capacity = 0
+
+    def _run(self, key: tuple[int, int, int], *args):  # noqa: ANN002, ANN202 - the step function's own
+        """``self._fn(*args)``, timed into ``compile_seconds`` when ``key`` (bucket, capacity, window) is new."""
+        if key in self._seen:
+            return self._fn(*args)
+        t0 = time.perf_counter()
+        out = self._fn(*args)
+        self._seen.add(key)
+        self.compile_seconds += time.perf_counter() - t0
+        return out
+
+    def _causal_mask(self, b: int) -> torch.Tensor:
+        t = self._causal.get(b)
+        if t is None:
+            t = self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril()
+        return t
+
+    @staticmethod
+    def warm_up_starts(capacity: int, b: int) -> list[int]:
+        """Cache lengths at which a ``b``-token step runs in each attention window of ``capacity`` slots
+        (the new block ends at the window's last slot)."""
+        return [max(1, w - b) for w in windows(capacity)]
+
+
+class StaticDecoder(StaticGraphs):
     """The static decode path of one CodecLM: eager prefill into a :class:`StaticKVCache`, then every
-    step through :func:`static_forward` (compiled when ``compile``). ``compile_seconds`` accumulates the
-    wall time of calls that built a new graph (first call of a shape), for reports."""
+    step through :func:`static_forward` (compiled when ``compile``)."""
 
     def __init__(self, model: CodecLM, compile: bool = False) -> None:
         self.model = model
-        self.compile = compile
         p = model.head.weight
-        self.device, self.dtype = p.device, p.dtype
-        self._fn = compile_fn(self._forward, self.device) if compile else self._forward
-        self._seen: set[tuple[int, int, int]] = set()
-        self._causal: dict[int, torch.Tensor] = {}
+        self.dtype = p.dtype
+        super().__init__(self._forward, p.device, compile)
         self._ar: dict[int, torch.Tensor] = {}
         self._zeros: dict[int, torch.Tensor] = {}
         self._tree: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
-        self.compile_seconds = 0.0
-        self.min_capacity = 0  # a floor for every cache (bench: one capacity, hence one graph per bucket x window)
 
     def _forward(self, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window):  # noqa: ANN001, ANN202
         return static_forward(self.model, tokens, pos_ids, slots, length, new_mask, ks, vs, extra, window)
@@ -245,12 +280,6 @@ class StaticDecoder:
             t = self._ar[b] = torch.arange(b, device=self.device)
         return t
 
-    def _causal_mask(self, b: int) -> torch.Tensor:
-        t = self._causal.get(b)
-        if t is None:
-            t = self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril()
-        return t
-
     def _tree_mask(self, tree_mask: torch.Tensor, b: int) -> torch.Tensor:
         """``tree_mask [n, n]`` padded to ``[b, b]`` (padded rows see only themselves), cached per mask."""
         hit = self._tree.get(id(tree_mask))
@@ -266,8 +295,6 @@ class StaticDecoder:
         self, tokens: torch.Tensor, cache: StaticKVCache, positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append ``tokens [n]`` (speech positions ``positions`` or consecutive; ``tree_mask`` or causal)."""
-        import time
-
         n = tokens.numel()
         b = bucket(n)
         cache.reserve(b)
@@ -284,18 +311,14 @@ class StaticDecoder:
         slots = ar + start
         length = torch.tensor(start, device=self.device)
         window = attention_window(start + b, cache.capacity)
-        key = (b, cache.capacity, window)
-        t0 = time.perf_counter() if key not in self._seen else None
         if cache.alignment is not None:
             extra = cache.alignment.at(pos)
         else:
             extra = self._zeros.get(b)
             if extra is None:
                 extra = self._zeros[b] = torch.zeros(b, self.model.cfg.d_model, device=self.device, dtype=self.dtype)
-        logits, hidden = self._fn(toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v, extra, window)
-        if t0 is not None:
-            self._seen.add(key)
-            self.compile_seconds += time.perf_counter() - t0
+        args = (toks, self.model.speech_position_ids(pos), slots, length, mask, cache.k, cache.v, extra, window)
+        logits, hidden = self._run((b, cache.capacity, window), *args)
         cache.length = start + n
         if n != b:
             logits, hidden = logits[:n], hidden[:n]
@@ -304,15 +327,13 @@ class StaticDecoder:
     def warm_up(self, capacity: int, sizes: tuple[int, ...] = BUCKETS) -> float:
         """Build the graphs of ``sizes`` for a cache of ``capacity`` slots (at least ``min_capacity``,
         rounded as every cache is), every attention window of it, ahead of timing; returns seconds."""
-        import time
-
         t0 = time.perf_counter()
         with torch.inference_mode():
             # the capacity every prefill gets under this floor (a request <= it rounds to the same size)
             cache = self.new_cache(max(capacity, self.min_capacity))
             cache.offset = 1
             for b in sizes:
-                for w in windows(cache.capacity):
-                    cache.length = max(1, w - b)  # the new block ends at the window's last slot
+                for start in self.warm_up_starts(cache.capacity, b):
+                    cache.length = start
                     self.step(torch.zeros(b, dtype=torch.long, device=self.device), cache)
         return time.perf_counter() - t0

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from specbench.errors import ModelError
-from specbench.models.static_lm import BUCKETS, attention_window, bucket, compile_fn, move_slots, pad_tree_mask, round_capacity, windows
+from specbench.models.static_lm import BUCKETS, StaticGraphs, attention_window, bucket, move_slots, pad_tree_mask, round_capacity
 
 
 @functools.cache
@@ -110,14 +110,12 @@ class HFStaticCache:
         self._length = move_slots([t for layer in layers for t in (layer.keys, layer.values)], indices)
 
 
-class HFStaticDecoder:
+class HFStaticDecoder(StaticGraphs):
     """The static decode path of one Hugging Face decoder (``backbone``: the model's ``get_decoder()``).
 
     ``cache_kw`` is the name the backbone takes its cache under (``cache`` or ``past_key_values``),
-    ``pad_id`` the model id padded rows carry, ``dtype`` the mask's dtype (the model's).
-    ``compile_seconds`` accumulates the wall time of calls that built a new graph; ``min_capacity`` is a
-    floor for every cache (the bench sets it so all utterances share one capacity, hence one graph per
-    bucket and window, the ones :meth:`warm_up` builds).
+    ``pad_id`` the model id padded rows carry, ``dtype`` the mask's dtype (the model's); graph ledger,
+    ``compile_seconds`` and ``min_capacity`` as :class:`~specbench.models.static_lm.StaticGraphs`.
     """
 
     def __init__(self, backbone: Any, config: Any, cache_kw: str, pad_id: int, dtype: torch.dtype, device: torch.device, compile: bool = False) -> None:
@@ -126,14 +124,8 @@ class HFStaticDecoder:
         self.cache_kw = cache_kw
         self.pad_id = pad_id
         self.dtype = dtype
-        self.device = device
-        self.compile = compile
         windowed_static_cache(config, round_capacity(1))  # refuse unsupported layer types at load time (no buffers yet)
-        self._fn = compile_fn(self._forward, device) if compile else self._forward
-        self._seen: set[tuple[int, int, int]] = set()
-        self._causal: dict[int, torch.Tensor] = {}
-        self.compile_seconds = 0.0
-        self.min_capacity = 0
+        super().__init__(self._forward, device, compile)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         out = self.backbone(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, **{self.cache_kw: cache})
@@ -166,10 +158,7 @@ class HFStaticDecoder:
         """Visibility among the ``b`` padded new tokens: causal, or ``tree_mask`` padded (padded rows see
         only themselves; under the causal mask they come last, so no real row sees them)."""
         if tree_mask is None:
-            t = self._causal.get(b)
-            if t is None:
-                t = self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril()
-            return t
+            return self._causal_mask(b)
         return pad_tree_mask(tree_mask.to(self.device), b)
 
     def step(self, ids: torch.Tensor, positions: torch.Tensor, cache: HFStaticCache, tree_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,12 +176,7 @@ class HFStaticDecoder:
         mask = self._mask(start, window, self._new_mask(b, tree_mask))
         set_window(cache.cache, window)
         cache.sync()
-        key = (b, cache.capacity, window)
-        t0 = time.perf_counter() if key not in self._seen else None
-        hidden = self._fn(ids[None], positions[None], mask, cache.cache)
-        if t0 is not None:
-            self._seen.add(key)
-            self.compile_seconds += time.perf_counter() - t0
+        hidden = self._run((b, cache.capacity, window), ids[None], positions[None], mask, cache.cache)
         cache.set_length(start + n)
         return hidden[:n]
 
@@ -204,8 +188,7 @@ class HFStaticDecoder:
             room = max(0, capacity - 2 - BUCKETS[-1])  # a one-token prefill asking for `capacity` slots in all
             _, cache = self.prefill(torch.full((1,), self.pad_id, dtype=torch.long, device=self.device), room)
             for b in sizes:
-                for w in windows(cache.capacity):
-                    start = max(1, w - b)  # the new block ends at the window's last slot
+                for start in self.warm_up_starts(cache.capacity, b):
                     cache.set_length(start)
                     pos = torch.arange(start, start + b, device=self.device)
                     self.step(torch.full((b,), self.pad_id, dtype=torch.long, device=self.device), pos, cache)
