@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := espeak-ng fortunes
 
-.PHONY: setup system venv test quickstart lint bench assets corpus codec target-model draft-model clean-runs
+.PHONY: setup system venv test quickstart lint bench assets corpus codec codec-25hz target-model draft-model clean-runs
 
 setup: system venv
 
@@ -64,6 +64,10 @@ corpus:
 
 codec:
 	$(BIN)/specbench train codec --config configs/train/codec-kmeans-mel-1024.yaml --overwrite
+
+# The 25 Hz codec (builtin:kmeans-mel-25hz-4096: stacked pairs of 20 ms frames, 4,096 centroids; ~4 min)
+codec-25hz:
+	$(BIN)/specbench train codec --config configs/train/codec-kmeans-mel-25hz-4096.yaml --overwrite
 
 runs/train/target-small-plain/model.pt:
 	$(BIN)/specbench train target --config configs/train/target-small-plain.yaml $(if $(wildcard runs/train/target-small-plain/last.pt),--resume)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from specbench.atomic import atomic_path
 from specbench.errors import DataError
 
 
@@ -47,16 +46,8 @@ def write_audio(path: str | Path, wav: np.ndarray, sr: int) -> None:
     """Write 16-bit PCM WAV atomically (temp file + rename), so a crash never leaves a half file."""
     import soundfile as sf
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp.wav")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.wav") as tmp:
         sf.write(tmp, np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def crop_seconds(wav: np.ndarray, sr: int, seconds: float | None) -> np.ndarray:

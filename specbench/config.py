@@ -394,6 +394,8 @@ class TrainCodecConfig(Strict):
     manifest: str = "data/synthetic/train.jsonl"
     out: str = "runs/codec/kmeans-mel-1024.pt"
     codebook_size: int = Field(default=1024, ge=2)
+    #: 20 ms frames per token: 1 = 50 tokens/s, 2 = 25 tokens/s (k-means on stacked pairs of frames)
+    frames_per_token: int = Field(default=1, ge=1, le=8)
     max_utterances: int = Field(default=2000, gt=0)
     max_frames: int = Field(default=150_000, gt=0)
     iters: int = Field(default=20, gt=0)

@@ -262,3 +262,55 @@ def test_synthesis_kernel_config() -> None:
         CodecConfig(kind="encodec", path="x", synthesis_kernel=[1, 2, 1])
     with pytest.raises(ModelError, match="odd number"):
         codec_from_config(CodecConfig(synthesis_kernel=[1, 1]))
+
+
+def test_stack_frames_round_trip() -> None:
+    from specbench.codec.kmeans_mel import stack_frames, unstack_frames
+
+    x = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)
+    s = stack_frames(x, 2)
+    assert s.shape == (3, 6)
+    assert torch.equal(s[0], torch.cat([x[0], x[1]])) and torch.equal(s[2], torch.cat([x[4], x[4]]))  # last frame repeated
+    assert torch.equal(unstack_frames(s, 2)[:5], x)
+    assert torch.equal(stack_frames(x, 1), x) and stack_frames(x[:0], 2).shape[0] == 0
+
+
+@pytest.fixture(scope="module")
+def codec25(corpus: list[np.ndarray]) -> KMeansMelCodec:
+    from specbench.codec.kmeans_mel import MelConfig
+
+    return KMeansMelCodec.fit(corpus, SR, k=K, iters=8, seed=0, cfg=MelConfig(frames_per_token=2))
+
+
+@pytest.mark.parametrize("n", [1, 320, 16000, 16000 + 321])
+def test_stacked_codec_is_25_hz(codec25: KMeansMelCodec, n: int) -> None:
+    """Two 20 ms frames per token: 25 tokens/s, ceil(frames / 2) tokens, 160-d centroids, 2 hops of audio per token."""
+    assert codec25.frame_rate == 25.0 and codec25.centroids.shape == (K, 160)
+    assert codec25.id.startswith(f"kmeans-mel-{K}x2-") and codec25.token_vectors().shape == (K, 160)
+    tokens = codec25.encode(_synthetic(2.0, 7)[:n], SR)
+    frames = 1 + n // 320
+    assert tokens.shape[0] == (frames + 1) // 2
+    wav, _ = codec25.decode(tokens)
+    assert wav.shape[0] == (2 * tokens.shape[0] - 1) * 320
+
+
+def test_stacked_codec_decodes_its_centroids_frame_by_frame(codec25: KMeansMelCodec, tmp_path: Path) -> None:
+    """Decoding a stacked token = Griffin-Lim of its frames in order (smoothed at the 20 ms frame rate); the
+    stack factor survives save/load, and a 50 Hz codec file (no stack field) still loads as 50 Hz."""
+    from specbench.codec.kmeans_mel import smooth_frames
+
+    codec25.save(tmp_path / "c25.pt")
+    loaded = load_codec("kmeans-mel", str(tmp_path / "c25.pt"))
+    assert loaded.id == codec25.id and loaded.frame_rate == 25.0
+    tokens = codec25.encode(_synthetic(1.0, 4), SR)
+    frames = codec25.centroids[tokens].reshape(-1, 80)
+    expected = codec25.frontend.invert(smooth_frames(frames, (1.0, 2.0, 1.0))).numpy()
+    expected = expected * min(1.0, 0.99 / float(np.abs(expected).max()))
+    assert np.allclose(loaded.decode(tokens)[0], expected, atol=1e-6)
+    assert load_codec("kmeans-mel", "builtin:kmeans-mel-1024").cfg.frames_per_token == 1
+
+
+def test_shipped_25hz_codec() -> None:
+    codec = load_codec("kmeans-mel", "builtin:kmeans-mel-25hz-4096")
+    assert codec.vocab_size == 4096 and codec.frame_rate == 25.0 and codec.id.startswith("kmeans-mel-4096x2-")
+    assert codec.encode(_synthetic(0.5, 2), SR).shape == (13,)

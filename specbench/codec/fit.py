@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from specbench.audio import read_audio
-from specbench.codec.kmeans_mel import KMeansMelCodec
+from specbench.codec.kmeans_mel import KMeansMelCodec, MelConfig
 from specbench.config import TrainCodecConfig
 from specbench.data.manifest import load_manifest
 from specbench.errors import RunStateError
@@ -33,6 +33,7 @@ def fit_codec(cfg: TrainCodecConfig, *, overwrite: bool = False) -> tuple[KMeans
             wav, sr = read_audio(u.audio_path(manifest.root), target_sr=16000)
             wavs.append(wav)
             progress.advance(task)
-    codec = KMeansMelCodec.fit(wavs, sr, cfg.codebook_size, max_frames=cfg.max_frames, iters=cfg.iters, seed=cfg.seed)
+    mel = MelConfig(frames_per_token=cfg.frames_per_token)
+    codec = KMeansMelCodec.fit(wavs, sr, cfg.codebook_size, max_frames=cfg.max_frames, iters=cfg.iters, seed=cfg.seed, cfg=mel)
     codec.save(out)
     return codec, time.perf_counter() - t0

@@ -2,7 +2,9 @@
 
 Analysis: 16 kHz, STFT n_fft 1024 / hop 320 (20 ms, 50 tokens/s) / Hann window, magnitude, 80 Slaney
 mel bands up to 8 kHz, ``log(max(mel, 1e-5))``. Quantisation: one codebook of ``K`` centroids fitted by
-Lloyd's algorithm on a seeded sample of frames (deterministic). Synthesis: the centroid
+Lloyd's algorithm on a seeded sample of frames (deterministic). With ``frames_per_token = n > 1`` a token
+stands for ``n`` consecutive frames side by side (:func:`stack_frames`; ``n = 2``: 25 tokens/s, 160-d
+centroids) and decoding splits each centroid back into its frames before the synthesis below. Synthesis: the centroid
 sequence smoothed in time by a short kernel (:func:`smooth_frames`, default ``[1, 2, 1] / 4``) →
 ``exp`` → least-squares inverse of the mel filterbank (clamped at 0) → fast Griffin-Lim (momentum 0.99)
 with a seeded initial phase. Plain torch + librosa's filterbank; no torchaudio.
@@ -51,6 +53,9 @@ class MelConfig:
     f_max: float = 8000.0
     log_floor: float = 1e-5
     griffin_lim_iters: int = 48
+    #: consecutive 20 ms frames one token stands for: 1 → 50 tokens/s; 2 → 25 tokens/s, each centroid a
+    #: stacked pair of frames (``[frames_per_token × n_mels]``), decoded back into its frames
+    frames_per_token: int = 1
 
 
 def mel_pinv(fb: np.ndarray) -> torch.Tensor:
@@ -175,6 +180,22 @@ def smooth_frames(frames: torch.Tensor, kernel: tuple[float, ...]) -> torch.Tens
     return out
 
 
+def stack_frames(frames: torch.Tensor, n: int) -> torch.Tensor:
+    """``[F, d]`` → ``[ceil(F / n), n·d]``: row ``t`` is frames ``nt … nt+n-1`` side by side; the last row is
+    completed by repeating the last frame (so a token never stands for made-up silence)."""
+    if n == 1 or frames.shape[0] == 0:
+        return frames
+    short = -frames.shape[0] % n
+    if short:
+        frames = torch.cat([frames, frames[-1:].expand(short, -1)])
+    return frames.reshape(frames.shape[0] // n, n * frames.shape[1])
+
+
+def unstack_frames(vectors: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`stack_frames` (without the padding): ``[T, n·d]`` → ``[n·T, d]``."""
+    return vectors if n == 1 else vectors.reshape(vectors.shape[0] * n, vectors.shape[1] // n)
+
+
 def kmeans(frames: torch.Tensor, k: int, iters: int, seed: int, chunk: int = 65536) -> torch.Tensor:
     """Lloyd's k-means with seeded random-sample init; empty clusters are reseeded from far points."""
     gen = torch.Generator().manual_seed(seed)
@@ -217,10 +238,12 @@ class KMeansMelCodec:
         self.synthesis_kernel = tuple(float(w) for w in synthesis_kernel)
         self.frontend = MelFrontend(self.cfg)
         digest = hashlib.sha1(self.centroids.numpy().tobytes()).hexdigest()[:10]
-        self.id = f"{KIND}-{self.vocab_size}-{digest}"
+        # the stack factor is in the name so a 25 Hz codec reads as one; 50 Hz ids stay as they were
+        stack = f"x{self.cfg.frames_per_token}" if self.cfg.frames_per_token > 1 else ""
+        self.id = f"{KIND}-{self.vocab_size}{stack}-{digest}"
 
     sample_rate = property(lambda self: self.cfg.sample_rate)
-    frame_rate = property(lambda self: self.cfg.sample_rate / self.cfg.hop_length)
+    frame_rate = property(lambda self: self.cfg.sample_rate / (self.cfg.hop_length * self.cfg.frames_per_token))
     vocab_size = property(lambda self: int(self.centroids.shape[0]))
 
     @property
@@ -231,7 +254,7 @@ class KMeansMelCodec:
         return f"smooth[{taps}]+griffin-lim{self.cfg.griffin_lim_iters}"
 
     def token_vectors(self) -> torch.Tensor:
-        """``[vocab_size, 80]``: the log-mel frame each token stands for (its centroid)."""
+        """``[vocab_size, frames_per_token × n_mels]``: the log-mel frame(s) each token stands for (its centroid)."""
         return self.centroids
 
     def encode(self, wav: np.ndarray, sr: int) -> torch.Tensor:
@@ -239,7 +262,7 @@ class KMeansMelCodec:
         x = torch.from_numpy(resample(np.asarray(wav, dtype=np.float32), sr, self.sample_rate))
         if x.numel() == 0:
             return torch.zeros(0, dtype=torch.long)
-        idx, _ = nearest(self.frontend.log_mel(x), self.centroids)
+        idx, _ = nearest(stack_frames(self.frontend.log_mel(x), self.cfg.frames_per_token), self.centroids)
         return idx.long()
 
     def decode(self, tokens: torch.Tensor) -> tuple[np.ndarray, int]:
@@ -250,7 +273,8 @@ class KMeansMelCodec:
             return np.zeros(0, dtype=np.float32), self.sample_rate
         if int(tokens.max()) >= self.vocab_size or int(tokens.min()) < 0:
             raise ModelError(f"token ids must lie in [0, {self.vocab_size}) for codec {self.id}")
-        wav = self.frontend.invert(smooth_frames(self.centroids[tokens], self.synthesis_kernel))
+        frames = unstack_frames(self.centroids[tokens], self.cfg.frames_per_token)
+        wav = self.frontend.invert(smooth_frames(frames, self.synthesis_kernel))
         peak = float(wav.abs().max()) if wav.numel() else 0.0
         if peak > 0.99:  # Griffin-Lim can overshoot; keep the waveform in range without clipping
             wav = wav * (0.99 / peak)
@@ -284,7 +308,7 @@ class KMeansMelCodec:
         """Fit the codebook on (a seeded sample of) the frames of ``wavs``."""
         cfg = cfg or MelConfig()
         front = MelFrontend(cfg)
-        frames = torch.cat([front.log_mel(torch.from_numpy(resample(w, sr, cfg.sample_rate))) for w in wavs])
+        frames = torch.cat([stack_frames(front.log_mel(torch.from_numpy(resample(w, sr, cfg.sample_rate))), cfg.frames_per_token) for w in wavs])
         gen = torch.Generator().manual_seed(seed)
         if frames.shape[0] > max_frames:
             frames = frames[torch.randperm(frames.shape[0], generator=gen)[:max_frames]]

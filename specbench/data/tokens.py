@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
 
+from specbench.atomic import atomic_path
 from specbench.audio import read_audio
 from specbench.codec.base import SpeechCodec
 from specbench.data.manifest import Manifest
@@ -39,12 +38,6 @@ def tokenize_manifest(manifest: Manifest, codec: SpeechCodec) -> dict[str, np.nd
     ids = list(out)
     lengths = np.array([len(out[i]) for i in ids])
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, utt_ids=np.array(ids), offsets=offsets, codes=np.concatenate([out[i] for i in ids]))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out

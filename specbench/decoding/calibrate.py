@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from specbench.atomic import atomic_path
 from specbench.decoding.generate import generate
 from specbench.decoding.sampling import Sampling, repetition_mask, warp
 from specbench.decoding.tree import TreeShape
@@ -110,9 +109,5 @@ def grow_tree(acc: torch.Tensor, budget: int) -> tuple[list[tuple[int, ...]], fl
 
 def save_tree(path: str | Path, shape: TreeShape, meta: dict[str, Any]) -> None:
     """Write a tree file (JSON: name, paths and calibration metadata) atomically."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump({**shape.to_dict(), **meta}, f, indent=1)
-    os.replace(tmp, p)

@@ -6,13 +6,12 @@ message that says which kind it is and what was expected.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from specbench.atomic import atomic_path
 from specbench.errors import ModelError
 
 MADE_BY = {"codec-lm": "specbench train target", "heads": "specbench train heads"}  # the command that writes each checkpoint kind
@@ -20,16 +19,8 @@ MADE_BY = {"codec-lm": "specbench train target", "heads": "specbench train heads
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: str | Path, expected_kind: str) -> dict[str, Any]:
