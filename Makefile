@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := espeak-ng fortunes
 
-.PHONY: setup system venv test quickstart lint bench assets corpus codec codec-25hz target-model draft-model clean-runs
+.PHONY: setup system venv test quickstart lint bench assets corpus codec codec-25hz target-model draft-model assets-25hz target-model-25hz draft-model-25hz clean-runs
 
 setup: system venv
 
@@ -57,7 +57,7 @@ bench:
 # Rebuild the shipped files from scratch: corpus (~3 min), codec (~1 min), the plain target (~100 min on
 # 2 CPU cores, bf16 on a CPU with native bf16), the aligned target warm-started from it, SSD draft, heads.
 # Minutes measured for each are in README "The built-in model".
-assets: corpus codec target-model draft-model
+assets: corpus codec target-model draft-model assets-25hz
 
 corpus:
 	$(BIN)/specbench prepare synthetic --out data/synthetic
@@ -79,6 +79,18 @@ target-model: runs/train/target-small-plain/model.pt
 draft-model:
 	$(BIN)/specbench train draft --config configs/train/draft-ssd.yaml
 	cp runs/train/draft-ssd/model.pt specbench/assets/draft-ssd.pt
+
+# The 25 Hz set (issue 16; the quickstart's model): codec (~4 min), aligned target from scratch (1,500 steps,
+# ~70 min fp32 on 2 cores), SSD draft from its layers {0, 5}. Minutes measured: README "The built-in model".
+assets-25hz: codec-25hz target-model-25hz draft-model-25hz
+
+target-model-25hz:
+	$(BIN)/specbench train target --config configs/train/target-small-25hz.yaml $(if $(wildcard runs/train/target-small-25hz/last.pt),--resume)
+	cp runs/train/target-small-25hz/model.pt specbench/assets/target-small-25hz.pt
+
+draft-model-25hz:
+	$(BIN)/specbench train draft --config configs/train/draft-ssd-25hz.yaml $(if $(wildcard runs/train/draft-ssd-25hz/last.pt),--resume)
+	cp runs/train/draft-ssd-25hz/model.pt specbench/assets/draft-ssd-25hz.pt
 
 clean-runs:
 	rm -rf runs/quickstart

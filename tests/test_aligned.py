@@ -63,6 +63,27 @@ def test_espeak_library_reports_phone_timing() -> None:
     assert slow.phones == spoken.phones and slow.starts[-1] > spoken.starts[-1] * 1.2
 
 
+_SPEAK_HASH = """
+import ctypes, hashlib, sys
+from specbench.data.espeak_lib import espeak_library
+libc = ctypes.CDLL(None)
+for _ in range(int(sys.argv[1])):
+    libc.rand()  # whatever the process drew from libc's rand() before
+s = espeak_library().speak("Rice is often served in round bowls.", "en-us+f2", rate=140, pitch=42)
+print(hashlib.sha1(s.wav.tobytes()).hexdigest(), s.starts)
+"""
+
+
+def test_espeak_breath_noise_is_seeded_per_utterance() -> None:
+    """Variant f2 breathes: noise from libc's rand(). Its audio must not depend on the process's rand state
+    (it did: one held-out test speaker's 60 clips differed between two builds of the test split)."""
+    import subprocess
+    import sys
+
+    out = {subprocess.run([sys.executable, "-c", _SPEAK_HASH, str(n)], capture_output=True, text=True, check=True).stdout for n in (0, 7)}
+    assert len(out) == 1
+
+
 def test_frame_conditions_rows() -> None:
     cfg = _model().cfg
     ids = torch.tensor(encode_phones("h @ l", PHONES))

@@ -19,17 +19,22 @@ from specbench.targets import Context
 from specbench.targets.builtin import as_target
 from specbench.text import phonemize_one
 
-pytestmark = pytest.mark.skipif(
-    not (resolve_path("builtin:target-small").is_file() and resolve_path("builtin:draft-ssd").is_file()),
-    reason="shipped model files absent (make assets builds them)",
-)
+#: the shipped (codec, target, SSD draft) sets: 50 Hz and 25 Hz
+SHIPPED = [
+    ("builtin:kmeans-mel-1024", "builtin:target-small", "builtin:draft-ssd"),
+    ("builtin:kmeans-mel-25hz-4096", "builtin:target-small-25hz", "builtin:draft-ssd-25hz"),
+]
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    codec = load_codec("kmeans-mel", "builtin:kmeans-mel-1024")
-    target, _ = load_lm("builtin:target-small")
-    draft, _ = load_lm("builtin:draft-ssd")
+@pytest.fixture(scope="module", params=SHIPPED, ids=["50hz", "25hz"])
+def setup(request, tmp_path_factory):
+    codec_spec, target_spec, draft_spec = request.param
+    if not all(resolve_path(s).is_file() for s in request.param):
+        pytest.skip("shipped model files absent (make assets builds them)")
+    codec = load_codec("kmeans-mel", codec_spec)
+    target, tck = load_lm(target_spec)
+    draft, dck = load_lm(draft_spec)
+    assert tck["codec_id"] == dck["codec_id"] == codec.id  # the three files belong together
     wav_path = tmp_path_factory.mktemp("prompt") / "p.wav"
     subprocess.run(["espeak-ng", "-v", "en-us+f3", "-s", "150", "-p", "65", "-w", str(wav_path), "A large size in stockings is hard to sell."], check=True)
     wav, sr = read_audio(wav_path, target_sr=16000)
@@ -37,14 +42,14 @@ def setup(tmp_path_factory):
     # a Context from text: the (aligned) shipped model takes espeak-ng's phone tokens of the text
     sentences = ("The birch canoe slid on the smooth planks.", "Rice is often served in round bowls.")
     texts = [Context(text=t, phonemes=phonemize_one(t), prompt_tokens=prompt) for t in sentences]
-    return target, draft, prompt, texts
+    return target, draft, prompt, texts, codec.frame_rate
 
 
 def test_greedy_speculative_matches_greedy_baseline_on_shipped_model(setup) -> None:
-    target, draft, prompt, texts = setup
+    target, draft, prompt, texts, frame_rate = setup
     for text in texts:
         base, bst = generate(as_target(target), text, Sampling(), 400, torch.Generator())
-        assert bst.hit_eos and base.numel() > 50  # a real utterance, not an empty or runaway one
+        assert bst.hit_eos and base.numel() > frame_rate  # a real utterance (> 1 s), not an empty or runaway one
         for rule, gamma in ((exact, 3), (greedy, 5)):
             toks, st = generate(as_target(target), text, Sampling(), 400, torch.Generator(), DraftChainProposer(as_target(draft), gamma), rule)
             assert toks.tolist() == base.tolist(), f"{rule.__name__} gamma={gamma} diverged"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -87,6 +88,10 @@ class EspeakLibrary:
         self._callback = _Callback(self._on_audio)  # kept referenced: the library holds a raw pointer
         self.lib.espeak_SetSynthCallback(self._callback)
         self._lock = threading.Lock()
+        # espeak-ng draws breath noise (voices with a `breath` line, e.g. variant f2) and other jitter from
+        # the C library's process-wide rand(): seeded per utterance in speak(), so audio and timing are a
+        # function of (text, voice, rate, pitch) alone, not of what the process did before
+        self._libc = ctypes.CDLL(None)
 
     def _on_audio(self, wav: ctypes.Array, n: int, events: ctypes.Array) -> int:
         if n > 0:
@@ -107,9 +112,15 @@ class EspeakLibrary:
             self.lib.espeak_SetParameter(_PARAM_PITCH, int(pitch), 0)
 
     def speak(self, text: str, voice: str = "en-us", rate: int | None = None, pitch: int | None = None) -> Spoken:
-        """Synthesise ``text``; phones carry the stress marks of :meth:`x_phonemes`."""
+        """Synthesise ``text``; phones carry the stress marks of :meth:`x_phonemes`.
+
+        Deterministic: libc's ``rand()``, which espeak-ng's noise sources draw from, is reseeded with
+        ``crc32(voice|rate|pitch|text)`` first, so the same call gives the same samples and phone starts
+        in any process, after any other synthesis.
+        """
         with self._lock:
             self._set_voice(voice, rate, pitch)
+            self._libc.srand(ctypes.c_uint(zlib.crc32(f"{voice}|{rate}|{pitch}|{text}".encode())))
             self._chunks, self._events = [], []
             data = text.encode("utf-8")
             err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
