@@ -55,7 +55,8 @@ bench:
 	$(BIN)/specbench bench recipes/bench_hf.yaml --set model.compile=true --out results/bench-hf-cpu.md
 
 # Rebuild the shipped files from scratch: corpus (~3 min), codec (~1 min), the plain target (~100 min on
-# 2 CPU cores, bf16 on a CPU with native bf16), the aligned target warm-started from it, SSD draft, heads.
+# 2 CPU cores, bf16 on a CPU with native bf16), the aligned target warm-started from it, SSD draft, and the
+# 25 Hz set (assets-25hz). Heads: `specbench train heads` (README).
 # Minutes measured for each are in README "The built-in model".
 assets: corpus codec target-model draft-model assets-25hz
 
@@ -80,7 +81,7 @@ draft-model:
 	$(BIN)/specbench train draft --config configs/train/draft-ssd.yaml
 	cp runs/train/draft-ssd/model.pt specbench/assets/draft-ssd.pt
 
-# The 25 Hz set (issue 16; the quickstart's model): codec (~4 min), aligned target from scratch (1,500 steps,
+# The 25 Hz set (issue 16; the quickstart's model): codec (~4 min), aligned target from scratch (1,200 steps,
 # ~70 min fp32 on 2 cores), SSD draft from its layers {0, 5}. Minutes measured: README "The built-in model".
 assets-25hz: codec-25hz target-model-25hz draft-model-25hz
 

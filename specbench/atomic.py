@@ -10,7 +10,15 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    old = os.umask(0)
+    """The process's umask, read without changing it where Linux exposes it (``os.umask`` can only be read by
+    setting it, which would briefly give other threads' new files a zero umask)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o077)  # elsewhere: set-and-restore, with a restrictive value for the instant it is set
     os.umask(old)
     return old
 

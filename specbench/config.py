@@ -397,6 +397,7 @@ class TrainCodecConfig(Strict):
     #: 20 ms frames per token: 1 = 50 tokens/s, 2 = 25 tokens/s (k-means on stacked pairs of frames)
     frames_per_token: int = Field(default=1, ge=1, le=8)
     max_utterances: int = Field(default=2000, gt=0)
+    #: k-means sample size, in token vectors (stacked frames when frames_per_token > 1)
     max_frames: int = Field(default=150_000, gt=0)
     iters: int = Field(default=20, gt=0)
     seed: int = 0

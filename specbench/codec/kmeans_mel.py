@@ -305,7 +305,8 @@ class KMeansMelCodec:
     def fit(
         cls, wavs: list[np.ndarray], sr: int, k: int = 1024, *, max_frames: int = 150_000, iters: int = 20, seed: int = 0, cfg: MelConfig | None = None
     ) -> KMeansMelCodec:
-        """Fit the codebook on (a seeded sample of) the frames of ``wavs``."""
+        """Fit the codebook on (a seeded sample of ``max_frames``) token vectors of ``wavs``: log-mel frames,
+        stacked ``cfg.frames_per_token`` at a time."""
         cfg = cfg or MelConfig()
         front = MelFrontend(cfg)
         frames = torch.cat([stack_frames(front.log_mel(torch.from_numpy(resample(w, sr, cfg.sample_rate))), cfg.frames_per_token) for w in wavs])
