@@ -324,7 +324,7 @@ def train_heads_cmd(
 def build_groups_cmd(
     model: Annotated[
         str, typer.Option(help="Codec-LM checkpoint whose table defines the groups (builtin:NAME or a path); with --family a local HF model directory.")
-    ] = "builtin:target-small",
+    ] = "builtin:target-small-25hz",
     family: Annotated[
         str | None, typer.Option(help="Family template (llasa, orpheus, a YAML file): --model is then a Hugging Face model directory (backend hf-causal).")
     ] = None,

@@ -68,7 +68,7 @@ class CodecConfig(Strict):
     """
 
     kind: Literal["kmeans-mel", "encodec", "xcodec2", "snac", "dac"] = "kmeans-mel"
-    path: str = "builtin:kmeans-mel-1024"
+    path: str = "builtin:kmeans-mel-25hz-4096"
     # encodec only: the target bandwidth in kbps (the first codebook is the same at every one)
     bandwidth: float = Field(default=1.5, gt=0)
     # xcodec2 only: the local facebook/w2v-bert-2.0 directory (config.json, preprocessor_config.json);
@@ -108,7 +108,7 @@ class ModelRef(Strict):
     """
 
     backend: Literal["builtin", "hf-causal"] = "builtin"
-    checkpoint: str = "builtin:target-small"
+    checkpoint: str = "builtin:target-small-25hz"
     path: str | None = None
     family: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -152,7 +152,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "baseline": {"method": "baseline"},
     "sd": {"method": "speculative", "proposer": "draft-chain", "rule": "exact", "gamma": 3},
     "ssd": {"method": "speculative", "proposer": "draft-chain", "rule": "beta", "gamma": 3, "beta": 0.4},
-    "vadusa": {"method": "speculative", "proposer": "heads-tree", "rule": "tolerance", "tau": 3, "tree": "builtin:vadusa-32"},
+    "vadusa": {"method": "speculative", "proposer": "heads-tree", "rule": "tolerance", "tau": 3, "tree": "builtin:vadusa-25hz-32"},
     "pcg": {"method": "speculative", "proposer": "draft-chain", "rule": "group", "gamma": 3, "theta": 0.45},
 }
 RATIO_RULES = ("beta", "group")  # need candidates SAMPLED from the q passed with them (exact adapts, see below)
@@ -216,7 +216,7 @@ class DecoderConfig(Strict):
         if self.proposer.startswith("heads") and not self.heads:
             raise ValueError(f"{where}: the {self.proposer} proposer needs heads: <heads checkpoint from `specbench train heads`>")
         if self.proposer == "heads-tree" and not self.tree:
-            raise ValueError(f"{where}: heads-tree needs tree: dense-small | builtin:vadusa-16|32|64 | a calibrate-tree file")
+            raise ValueError(f"{where}: heads-tree needs tree: dense-small | builtin:vadusa-25hz-16|32|64 (50 Hz heads: vadusa-N) | a calibrate-tree file")
         if self.candidates == "sample" and self.proposer == "draft-chain":
             raise ValueError(f"{where}: candidates: sample applies to heads proposers (a draft chain always samples)")
         if self.rule in RATIO_RULES and not self.sampled:
@@ -392,10 +392,10 @@ class TrainCodecConfig(Strict):
     """Fitting the built-in k-means codec."""
 
     manifest: str = "data/synthetic/train.jsonl"
-    out: str = "runs/codec/kmeans-mel-1024.pt"
-    codebook_size: int = Field(default=1024, ge=2)
+    out: str = "runs/codec/kmeans-mel-25hz-4096.pt"
+    codebook_size: int = Field(default=4096, ge=2)
     #: 20 ms frames per token: 1 = 50 tokens/s, 2 = 25 tokens/s (k-means on stacked pairs of frames)
-    frames_per_token: int = Field(default=1, ge=1, le=8)
+    frames_per_token: int = Field(default=2, ge=1, le=8)
     max_utterances: int = Field(default=2000, gt=0)
     #: k-means sample size, in token vectors (stacked frames when frames_per_token > 1)
     max_frames: int = Field(default=150_000, gt=0)
@@ -411,7 +411,7 @@ class TrainTargetConfig(Strict):
     train_manifest: str = "data/synthetic/train.jsonl"
     dev_manifest: str | None = "data/synthetic/dev.jsonl"
     codec: CodecConfig = CodecConfig()
-    out_dir: str = "runs/train/target-small"
+    out_dir: str = "runs/train/target-small-25hz"
     steps: int = Field(default=6000, gt=0)
     batch_tokens: int = Field(default=6000, gt=0)
     lr: float = Field(default=1e-3, gt=0)
@@ -439,7 +439,9 @@ class TrainTargetConfig(Strict):
     history_noise_neighbours: int = Field(default=16, ge=1)
     # none: phoneme characters, the model learns where it is in the text by itself; durations: phone
     # tokens + the synthesiser's per-phone durations (manifest ``phones``/``phone_starts``), a duration
-    # predictor, and every frame told its phone (models/codec_lm.py "Aligned models")
+    # predictor, and every frame told its phone (models/codec_lm.py "Aligned models"). The shipped target is
+    # aligned (configs/train/target-small-25hz.yaml), but the default stays none: durations need a manifest
+    # with phone timings, which only `prepare synthetic` writes (LibriTTS manifests have none)
     alignment: Literal["none", "durations"] = "none"
 
     @model_validator(mode="after")
@@ -479,10 +481,10 @@ class TrainDraftConfig(TrainTargetConfig):
     """
 
     init: Literal["target-layers", "scratch"] = "target-layers"
-    target: str = "builtin:target-small"
+    target: str = "builtin:target-small-25hz"
     layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
     trainable: list[str] = Field(default_factory=lambda: ["layers.0", "head"], min_length=1)
-    out_dir: str = "runs/train/draft-ssd"
+    out_dir: str = "runs/train/draft-ssd-25hz"
     steps: int = Field(default=600, gt=0)
     warmup_steps: int = Field(default=50, ge=0)
 
@@ -516,7 +518,7 @@ class TrainHeadsConfig(TrainTargetConfig):
     (``preset``/``model`` are ignored); ``top_k_eval`` sets the top-k accuracy logged per head.
     """
 
-    target: str = "builtin:target-small"
+    target: str = "builtin:target-small-25hz"
     # a target of any backend, written like a recipe's model: block (e.g. backend: hf-causal, path, family);
     # when set, ``target`` is unused, training is frozen (mode: frozen) and prompts carry their transcripts
     target_model: ModelRef | None = None
@@ -527,7 +529,7 @@ class TrainHeadsConfig(TrainTargetConfig):
     decay: float = Field(default=0.8, gt=0, le=1)
     heads_weight: float = Field(default=1.0, gt=0)
     backbone_lr: float = Field(default=1e-4, gt=0)
-    out_dir: str = "runs/train/heads"
+    out_dir: str = "runs/train/heads-25hz"
     steps: int = Field(default=600, gt=0)
     warmup_steps: int = Field(default=50, ge=0)
     lr: float = Field(default=1e-3, gt=0)

@@ -291,7 +291,7 @@ class KMeansMelCodec:
         """Load a codec file written by :meth:`save` (decoding with ``synthesis_kernel``); ModelError for anything else."""
         p = Path(path)
         if not p.is_file():
-            raise ModelError(f"codec file not found: {p} (fit one with `specbench train codec` or use builtin:kmeans-mel-1024)")
+            raise ModelError(f"codec file not found: {p} (fit one with `specbench train codec` or use builtin:kmeans-mel-25hz-4096)")
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:
