@@ -207,7 +207,7 @@ table-ssd table-vadusa table-pcg: table-%:
 
 table-all: table-ssd table-vadusa table-pcg
 
-# Frozen vs joint VADUSA heads on the built-in model: train the joint heads (32.6 min for the 50 Hz target on 2 CPU cores, fp32; they
+# Frozen vs joint VADUSA heads on the built-in model: train the joint heads (29.2 min for the 25 Hz target on 2 CPU cores, fp32; they
 # fine-tune a copy of the target), calibrate their budget-32 tree on the dev split, run
 # recipes/vadusa_joint.yaml, and write one table of the frozen-heads sweep (table-vadusa) and the joint run.
 table-vadusa-joint: runs/train/heads-joint/heads.pt runs/trees/vadusa-joint-32.json
