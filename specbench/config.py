@@ -161,6 +161,9 @@ RATIO_RULES = ("beta", "group")  # need candidates SAMPLED from the q passed wit
 class DecoderConfig(Strict):
     """One decoder row of a run: ``baseline`` (plain autoregressive) or ``speculative`` = proposer × rule.
 
+    A ``baseline`` with ``draft`` runs that draft model alone, autoregressively, in place of the target
+    (the SSD paper's "draft alone" row: the quality β = 1 tends to as γ grows, and the draft's own speed).
+
     Proposers: ``draft-chain`` (a draft model, ``draft``), ``heads-chain`` / ``heads-tree`` (draft heads,
     ``heads``; the tree shape is ``tree``). Rules: ``exact`` (q-ratio for sampled candidates,
     sample-and-match for deterministic ones: lossless either way), ``greedy``, ``beta`` (SSD),
@@ -206,8 +209,11 @@ class DecoderConfig(Strict):
     def _consistent(self) -> DecoderConfig:
         where = f"decoder '{self.name}'"
         if self.method == "baseline":
-            if self.proposer or self.rule or self.draft or self.heads:
-                raise ValueError(f"{where}: a baseline takes no proposer, rule, draft or heads (use method: speculative)")
+            if self.proposer or self.rule or self.heads:
+                raise ValueError(
+                    f"{where}: a baseline takes no proposer, rule or heads (use method: speculative; "
+                    "draft: <checkpoint> alone runs that draft model autoregressively)"
+                )
             return self
         if not self.proposer or not self.rule:
             raise ValueError(f"{where}: method speculative needs a proposer and a rule (or preset: sd|ssd|vadusa|pcg)")

@@ -212,3 +212,50 @@ def test_verify_cost_is_timed_after_the_history() -> None:
     long, n1 = verify_cost(M, ctx, sizes=(1, 4), reps=2, history=40)
     assert n0 == 8 + 1 + 6 and n1 == n0 + 40
     assert set(short) == set(long) == {"1", "4"} and long["4"][0] == 4 and long["4"][1] > 0
+
+
+def test_draft_alone_row_runs_the_draft_in_the_targets_place(tiny_assets, tmp_path) -> None:
+    """``method: baseline`` + ``draft`` = the draft model decoding alone: token for token what a run with that
+    draft as the model gives (same per-utterance seeds, sampled), while the reference baseline stays the
+    draft-less one even when the draft-alone row is listed first and the report records which draft ran."""
+    import numpy as np
+    import pandas as pd
+
+    from specbench.config import TrainDraftConfig
+    from specbench.models.train import train_lm
+
+    tc = tiny_assets["train_config"]
+    draft = train_lm(
+        TrainDraftConfig(
+            **{**tc.model_dump(), "out_dir": str(tmp_path / "draft"), "steps": 2, "eval_every": 2, "save_every": 2},
+            init="target-layers",
+            target=str(tiny_assets["model"]),
+            layers=[1],
+            trainable=["head"],
+        ),
+        log=lambda *_: None,
+    )
+    sampling = {"temperature": 0.8, "top_k": 8, "max_tokens": 30}
+    runs = {
+        "mixed": [{"name": "draft_alone", "method": "baseline", "draft": str(draft)}, {"name": "baseline"}],
+        "as_model": [{"name": "baseline"}],
+    }
+    for name, decoders in runs.items():
+        recipe = tiny_recipe(tiny_assets, tmp_path / name, decoders=decoders, sampling=sampling, scoring={"enabled": False})
+        if name == "as_model":
+            recipe["model"] = {"checkpoint": str(draft)}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(recipe))
+        res = CliRunner().invoke(app, ["run", str(tmp_path / f"{name}.yaml")])
+        assert res.exit_code == 0, res.output
+    mixed = tmp_path / "mixed" / "audio"
+    utts = sorted(p.name for p in (mixed / "draft_alone").glob("*.tokens.npy"))
+    assert len(utts) == 2
+    differs = 0
+    for u in utts:
+        alone = np.load(mixed / "draft_alone" / u)
+        np.testing.assert_array_equal(alone, np.load(tmp_path / "as_model" / "audio" / "baseline" / u))
+        differs += not np.array_equal(alone, np.load(mixed / "baseline" / u))
+    assert differs  # the target's own rows are not the draft's
+    summary = pd.read_csv(tmp_path / "mixed" / "summary.csv").set_index("decoder")
+    assert summary.loc["draft_alone", "draft"] == str(draft) and pd.isna(summary.loc["baseline", "draft"])
+    assert summary.loc["baseline", "speedup"] == 1.0  # the reference row is the target's baseline

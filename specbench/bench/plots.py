@@ -58,11 +58,14 @@ def _val(v: Any) -> str:
 
 
 def family(row: pd.Series) -> str:
-    """'baseline', or 'proposer × rule' of a speculative decoder (prefixed by the run when stacked)."""
+    """'baseline', 'draft alone' or 'proposer × rule' of a speculative decoder (prefixed by the run when stacked)."""
     prop, rule = row.get("proposer"), row.get("rule")
     if isinstance(prop, str) and row.get("candidates") == "sample" and prop.startswith("heads"):
         prop += " (sampled)"  # same proposer, different candidates: a different method
-    name = "baseline" if not isinstance(prop, str) else f"{prop} × {rule}"
+    if isinstance(prop, str):
+        name = f"{prop} × {rule}"
+    else:  # a baseline-method row that ran a draft model in the target's place
+        name = "draft alone" if isinstance(row.get("draft"), str) else "baseline"
     run = row.get("run")
     return f"{run}: {name}" if isinstance(run, str) else name
 
@@ -95,7 +98,7 @@ def plot_pareto(table: pd.DataFrame, path: Path) -> Path | None:
         pts = dec[dec["family"] == fam].dropna(subset=["speedup", "wer"])
         if pts.empty:
             continue
-        marker = "*" if fam.endswith("baseline") else "o"
+        marker = "*" if fam.endswith("baseline") else "D" if fam.endswith("draft alone") else "o"
         ax.scatter(pts["speedup"], pts["wer"], color=color, marker=marker, s=90 if marker == "*" else 28, label=fam, zorder=3)
         front = pareto_front(pts)
         if len(front) > 1:
@@ -124,7 +127,7 @@ def _swept(rows: pd.DataFrame, cols: list[str]) -> list[str]:
 def plot_accepted_len(table: pd.DataFrame, axis: str, path: Path) -> Path | None:
     """Mean accepted length vs ``axis`` for every family that swept it; None when none did."""
     dec = _decoders(table)
-    spec = dec[~dec["family"].str.endswith("baseline")]
+    spec = dec[~dec["family"].str.endswith(("baseline", "draft alone"))]
     if axis not in spec or "mean_accepted_len" not in spec:
         return None
     series: list[tuple[str, pd.DataFrame]] = []

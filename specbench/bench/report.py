@@ -10,7 +10,8 @@ tokens_per_s(baseline) over the SAME utterances; ``latency_speedup`` = Σ lm_sec
 ``asr_loop``; :mod:`specbench.scoring.loops`), ``wer_delta`` [``wer_delta_lo``, ``wer_delta_hi``] = the
 paired WER difference to the baseline over the same utterances with its 95 % bootstrap interval
 (:func:`specbench.scoring.wer.paired_wer_delta`). The baseline is the decoder with method
-``baseline`` named ``baseline`` (else the first baseline-method decoder).
+``baseline`` and no ``draft`` named ``baseline`` (else the first such decoder); a baseline-method
+decoder with a ``draft`` ran that draft alone and is compared like any other row.
 
 With ``repeats > 1`` every metric is also computed on each repeat alone (speedups against the
 baseline's rows of the same repeat) and ``<metric>_std`` is the sample standard deviation of those
@@ -54,7 +55,8 @@ QUALITY_COLS = ["wer", "wer_median", "asr_loops", "cer", "sim", "sim_other"]
 DELTA_COLS = ["wer_delta", "wer_delta_lo", "wer_delta_hi"]
 # quality columns that are counts over all scored clips (every repeat), not means: no ``_std`` column
 COUNT_COLS = ["asr_loops"]
-PARAM_COLS = ["proposer", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
+# ``draft``: the draft model of a draft chain, or the model a "draft alone" baseline ran in the target's place
+PARAM_COLS = ["proposer", "draft", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
 # metrics that get a ``<metric>_std`` column over repeats (all but the counts: under sampling every
 # repeat draws new tokens, so even counts such as target_calls vary between repeats)
 STD_METRICS = [*SPEED_COLS, *(c for c in QUALITY_COLS if c not in COUNT_COLS)]
@@ -102,6 +104,8 @@ def load_frame(out: Path, scorer: str | None) -> pd.DataFrame:
 
 def _baseline_name(df: pd.DataFrame) -> str | None:
     dec = df[df["kind"] == "decoder"]
+    if "draft" in dec:  # a baseline that ran a draft model alone is a row to compare, not the reference
+        dec = dec[dec["draft"].isna()]
     names = list(dict.fromkeys(dec.loc[dec["method"] == "baseline", "decoder"]))
     if "baseline" in names:
         return "baseline"

@@ -275,8 +275,8 @@ def describe_models(m: Models) -> dict[str, Any]:
 def decode_one(m: Models, d: DecoderConfig, ctx: Context, sampling: Sampling, max_tokens: int, seed: int, profile: bool = False):
     """Run decoder ``d`` on one utterance with a fresh generator seeded by ``seed`` (``profile``: see generate)."""
     gen = torch.Generator(device=m.device).manual_seed(seed)
-    if d.method == "baseline":
-        return generate(m.target, ctx, sampling, max_tokens, gen, profile=profile)
+    if d.method == "baseline":  # with a draft: that draft model alone, in the target's place
+        return generate(m.drafts[d.draft] if d.draft else m.target, ctx, sampling, max_tokens, gen, profile=profile)
     proposer = build_proposer(d, m.resources)
     return generate(m.target, ctx, sampling, max_tokens, gen, proposer, build_tree_rule(d, m.resources), profile=profile)
 
