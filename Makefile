@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := espeak-ng fortunes
 
-.PHONY: setup system venv test quickstart lint bench assets corpus codec codec-25hz target-model draft-model assets-25hz target-model-25hz draft-model-25hz heads-25hz trees-25hz clean-runs
+.PHONY: setup system venv test quickstart lint bench assets corpus codec codec-25hz target-model draft-model assets-25hz target-model-25hz draft-model-25hz draft-scratch-25hz heads-25hz trees-25hz clean-runs
 
 setup: system venv
 
@@ -84,7 +84,7 @@ draft-model:
 # The 25 Hz set (issue 16; the default model of every recipe): codec (~4 min), aligned target from scratch
 # (1,200 steps, ~70 min fp32 on 2 cores), SSD draft from its layers {0, 5}, VADUSA heads on the frozen target
 # and their trees calibrated on the dev split. Minutes measured: README "The built-in model".
-assets-25hz: codec-25hz target-model-25hz draft-model-25hz heads-25hz trees-25hz
+assets-25hz: codec-25hz target-model-25hz draft-model-25hz draft-scratch-25hz heads-25hz trees-25hz
 
 target-model-25hz:
 	$(BIN)/specbench train target --config configs/train/target-small-25hz.yaml $(if $(wildcard runs/train/target-small-25hz/last.pt),--resume)
@@ -93,6 +93,11 @@ target-model-25hz:
 draft-model-25hz:
 	$(BIN)/specbench train draft --config configs/train/draft-ssd-25hz.yaml $(if $(wildcard runs/train/draft-ssd-25hz/last.pt),--resume)
 	cp runs/train/draft-ssd-25hz/model.pt specbench/assets/draft-ssd-25hz.pt
+
+# an independently trained draft (from scratch, its own duration predictor): recipes/ssd_draft_alignment.yaml
+draft-scratch-25hz:
+	$(BIN)/specbench train draft --config configs/train/draft-scratch-25hz.yaml $(if $(wildcard runs/train/draft-scratch-25hz/last.pt),--resume)
+	cp runs/train/draft-scratch-25hz/model.pt specbench/assets/draft-scratch-25hz.pt
 
 heads-25hz:
 	$(BIN)/specbench train heads --config configs/train/heads-25hz.yaml $(if $(wildcard runs/train/heads-25hz/last.pt),--resume)

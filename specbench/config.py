@@ -189,6 +189,9 @@ class DecoderConfig(Strict):
     group_weighting: Literal["uniform", "cosine"] = "uniform"
     group_residual: Literal["thinning", "exact"] = "thinning"
     draft: str | None = None
+    # an aligned draft speaks to the target's durations (so its frame t has the target's phone) or, as an
+    # ablation, to the durations its own predictor guesses
+    draft_alignment: Literal["target", "own"] = "target"
     heads: str | None = None
     tree: str | None = None
     candidates: Literal["topk", "sample"] = "topk"
@@ -209,10 +212,10 @@ class DecoderConfig(Strict):
     def _consistent(self) -> DecoderConfig:
         where = f"decoder '{self.name}'"
         if self.method == "baseline":
-            if self.proposer or self.rule or self.heads:
+            if self.proposer or self.rule or self.heads or self.draft_alignment != "target":
                 raise ValueError(
-                    f"{where}: a baseline takes no proposer, rule or heads (use method: speculative; "
-                    "draft: <checkpoint> alone runs that draft model autoregressively)"
+                    f"{where}: a baseline takes no proposer, rule, heads or draft_alignment (use method: speculative; "
+                    "draft: <checkpoint> alone runs that draft model autoregressively, on its own durations)"
                 )
             return self
         if not self.proposer or not self.rule:
@@ -223,6 +226,8 @@ class DecoderConfig(Strict):
             raise ValueError(f"{where}: the {self.proposer} proposer needs heads: <heads checkpoint from `specbench train heads`>")
         if self.proposer == "heads-tree" and not self.tree:
             raise ValueError(f"{where}: heads-tree needs tree: dense-small | builtin:vadusa-25hz-16|32|64 (50 Hz heads: vadusa-N) | a calibrate-tree file")
+        if self.draft_alignment != "target" and self.proposer != "draft-chain":
+            raise ValueError(f"{where}: draft_alignment applies to the draft-chain proposer (a draft model), not {self.proposer}")
         if self.candidates == "sample" and self.proposer == "draft-chain":
             raise ValueError(f"{where}: candidates: sample applies to heads proposers (a draft chain always samples)")
         if self.rule in RATIO_RULES and not self.sampled:
@@ -242,9 +247,11 @@ class DecoderConfig(Strict):
     def params(self) -> dict[str, Any]:
         """The method parameters recorded with every row (and used to group reports); None = n/a."""
         if self.method == "baseline":
-            return {"proposer": None, "candidates": None, "rule": None, "gamma": 0, "beta": None, "tau": None, "theta": None, "tree": None}
+            none = dict.fromkeys(("proposer", "draft_alignment", "candidates", "rule", "beta", "tau", "theta", "tree"))
+            return {**none, "gamma": 0}
         return {
             "proposer": self.proposer,
+            "draft_alignment": self.draft_alignment if self.proposer == "draft-chain" else None,
             "candidates": self.candidates if self.proposer != "draft-chain" else None,
             "rule": self.rule if self.rule != "tolerance" else f"tolerance-{self.tolerance}",
             "gamma": self.gamma if self.proposer != "heads-tree" else None,

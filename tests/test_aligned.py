@@ -132,6 +132,34 @@ def test_layer_draft_inherits_the_duration_predictor_and_sd_is_lossless() -> Non
     assert sd.tolist() == base.tolist() and stats.mean_accepted_len > 1
 
 
+@pytest.mark.parametrize("path", ["eager", "static"])
+@torch.inference_mode()
+def test_an_independent_draft_follows_the_targets_durations(path: str) -> None:
+    """A draft with its own duration predictor proposes for the target's alignment (Context.durations from
+    ``draft_context``), not its own guess: otherwise its frame t sits on another phone than the target's."""
+    target, draft = _model(seed=0), _model(n_layers=1, seed=1)
+    draft.duration.out.bias.copy_((torch.arange(draft.cfg.max_phone_frames) == 5).float())  # its own guess: ~5 frames
+    text = torch.tensor(encode_phones(CTX.phones or "", PHONES))
+    own, targets = draft.predict_durations(text, CTX.prompt_tokens), target.predict_durations(text, CTX.prompt_tokens)
+    assert not torch.equal(own, targets)
+    t = as_target(target)
+    base, _ = generate(t, CTX, Sampling(temperature=0.0), 60, torch.Generator().manual_seed(0))
+    prop = DraftChainProposer(BuiltinTarget(draft, "d", path=path), gamma=3)
+    sd, _ = generate(t, CTX, Sampling(temperature=0.0), 60, torch.Generator().manual_seed(0), proposer=prop, rule=greedy)
+    assert sd.tolist() == base.tolist()
+    assert prop.cache.alignment is not None and torch.equal(prop.cache.alignment.durations, targets)
+    # the ablation: the draft on its own guess (still lossless, it only proposes)
+    ablation = DraftChainProposer(BuiltinTarget(draft, "d", path=path), gamma=3, alignment="own")
+    sd_own, _ = generate(t, CTX, Sampling(temperature=0.0), 60, torch.Generator().manual_seed(0), proposer=ablation, rule=greedy)
+    assert sd_own.tolist() == base.tolist()
+    assert ablation.cache.alignment is not None and torch.equal(ablation.cache.alignment.durations, own)
+    # decoding alone (no target), the draft keeps its own alignment
+    _, _, alone = BuiltinTarget(draft, "d", path=path).prefill(CTX)
+    assert torch.equal(alone.alignment.durations, own)
+    with pytest.raises(ValueError, match="durations for"):
+        draft.prefill(text, CTX.prompt_tokens, durations=targets[:-1])
+
+
 def test_aligned_model_needs_conditions() -> None:
     model = _model()
     with pytest.raises(ValueError, match="frame conditions"):

@@ -19,10 +19,12 @@ from specbench.targets import Context
 from specbench.targets.builtin import as_target
 from specbench.text import phonemize_one
 
-#: the shipped (codec, target, SSD draft) sets: 50 Hz and 25 Hz
+#: the shipped (codec, target, draft) sets: 50 Hz and 25 Hz with their SSD drafts, and the 25 Hz target with its
+#: independently trained draft (which follows the target's durations)
 SHIPPED = [
     ("builtin:kmeans-mel-1024", "builtin:target-small", "builtin:draft-ssd"),
     ("builtin:kmeans-mel-25hz-4096", "builtin:target-small-25hz", "builtin:draft-ssd-25hz"),
+    ("builtin:kmeans-mel-25hz-4096", "builtin:target-small-25hz", "builtin:draft-scratch-25hz"),
 ]
 #: each set's VADUSA heads and its calibrated budget-32 tree
 SHIPPED_HEADS = {
@@ -31,7 +33,7 @@ SHIPPED_HEADS = {
 }
 
 
-@pytest.fixture(scope="module", params=SHIPPED, ids=["50hz", "25hz"])
+@pytest.fixture(scope="module", params=SHIPPED, ids=["50hz", "25hz", "25hz-scratch-draft"])
 def setup(request, tmp_path_factory):
     codec_spec, target_spec, draft_spec = request.param
     if not all(resolve_path(s).is_file() for s in request.param):
@@ -102,7 +104,8 @@ def test_sampled_sd_rule_sees_teacher_forced_distributions(setup) -> None:
     ctx = texts[0]
     toks, st = generate(t, ctx, s, 400, torch.Generator().manual_seed(0), DraftChainProposer(dr, 3), recording_exact)
     assert st.hit_eos and len(seen) > 5 and st.accepted > 0
-    P, Q = warp(t.score(ctx, toks)[0], s), warp(dr.score(ctx, toks)[0], s)
+    _, _, cache = t.prefill(ctx)  # the draft drafts under the context the target hands it (its durations)
+    P, Q = warp(t.score(ctx, toks)[0], s), warp(dr.score(t.draft_context(ctx, cache), toks)[0], s)
     n, rows = 1, 0  # round 1's root is the prefill's token (position 0); its row 0 predicts position 1
     for p, q, accepted in seen:
         for i in range(accepted + 1):  # rows up to the first rejection lie on the emitted sequence

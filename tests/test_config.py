@@ -323,3 +323,22 @@ def test_shipped_train_configs_validate() -> None:
         job = p.stem.removeprefix("libritts-").split("-")[0]  # libritts-<job>-*.yaml are GPU variants
         assert job in schemas, f"{p.name}: no schema known for a '{job}' training config"
         load_config(getattr(config_module, schemas[job]), p)
+
+
+def test_draft_alone_and_draft_alignment_settings(tmp_path: Path) -> None:
+    """A baseline may name a draft (it then runs alone); draft_alignment belongs to a draft chain only."""
+    ok = load_recipe(
+        write(
+            tmp_path,
+            minimal(decoders=[{"name": "a", "preset": "baseline", "draft": "d.pt"}, {"name": "s", "preset": "sd", "draft": "d.pt", "draft_alignment": "own"}]),
+        )
+    )
+    alone, sd = ok.decoders
+    assert alone.method == "baseline" and alone.draft == "d.pt" and alone.params()["draft_alignment"] is None
+    assert sd.params()["draft_alignment"] == "own"
+    msg = config_error(load_recipe, write(tmp_path, minimal(decoders=[{"name": "v", "preset": "vadusa", "heads": "h.pt", "draft_alignment": "own"}])))
+    assert "draft_alignment applies to the draft-chain proposer" in msg
+    msg = config_error(load_recipe, write(tmp_path, minimal(decoders=[{"name": "b", "preset": "baseline", "heads": "h.pt"}])))
+    assert "a baseline takes no" in msg
+    msg = config_error(load_recipe, write(tmp_path, minimal(decoders=[{"name": "s", "preset": "sd", "draft": "d.pt", "draft_alignment": "mine"}])))
+    assert "draft_alignment" in msg

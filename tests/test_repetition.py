@@ -136,6 +136,9 @@ class _Markov:
     def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, _Cache]:
         return self.table[V], torch.eye(V + 1)[V], _Cache()  # row V: the first token's distribution
 
+    def draft_context(self, ctx: Context, cache: _Cache) -> Context:
+        return ctx
+
     def step(self, tokens: torch.Tensor, cache: _Cache, *, depths=None, tree_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         cache.tokens.extend(tokens.tolist())
         return self.table[tokens], torch.eye(V + 1)[tokens]

@@ -56,7 +56,7 @@ DELTA_COLS = ["wer_delta", "wer_delta_lo", "wer_delta_hi"]
 # quality columns that are counts over all scored clips (every repeat), not means: no ``_std`` column
 COUNT_COLS = ["asr_loops"]
 # ``draft``: the draft model of a draft chain, or the model a "draft alone" baseline ran in the target's place
-PARAM_COLS = ["proposer", "draft", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
+PARAM_COLS = ["proposer", "draft", "draft_alignment", "candidates", "rule", "gamma", "beta", "tau", "theta", "tree"]
 # metrics that get a ``<metric>_std`` column over repeats (all but the counts: under sampling every
 # repeat draws new tokens, so even counts such as target_calls vary between repeats)
 STD_METRICS = [*SPEED_COLS, *(c for c in QUALITY_COLS if c not in COUNT_COLS)]

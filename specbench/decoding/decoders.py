@@ -60,7 +60,7 @@ class DecoderResources:
 def build_proposer(d: DecoderConfig, res: DecoderResources) -> Proposer:
     """The proposer of decoder ``d`` (fresh per utterance: proposers carry per-utterance state)."""
     if d.proposer == "draft-chain":
-        return DraftChainProposer(res.drafts[d.draft or ""], d.gamma)
+        return DraftChainProposer(res.drafts[d.draft or ""], d.gamma, d.draft_alignment)
     heads = res.heads[d.heads or ""]
     shape = chain_shape(d.gamma) if d.proposer == "heads-chain" else res.tree(d.tree or "")
     try:

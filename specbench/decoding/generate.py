@@ -71,7 +71,7 @@ def generate(
         out.append(last)
         stats.rounds = 1
         if proposer is not None:
-            proposer.begin(ctx, last, capacity)
+            proposer.begin(target.draft_context(ctx, cache), last, capacity)
     step = torch.empty(1, dtype=torch.long, device=device)
     while not stats.hit_eos and len(out) < max_tokens:
         if proposer is None:

@@ -14,6 +14,7 @@ match-based rules are lossless then); ``calls`` counts drafter forwards.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -50,11 +51,14 @@ class DraftChainProposer:
 
     sampled = True
 
-    def __init__(self, draft: TargetModel, gamma: int = 3) -> None:
+    def __init__(self, draft: TargetModel, gamma: int = 3, alignment: str = "target") -> None:
         if gamma < 1:
             raise ValueError("gamma must be >= 1")
+        if alignment not in ("target", "own"):
+            raise ValueError(f"alignment must be target or own, not {alignment!r}")
         self.draft = draft
         self.gamma = gamma
+        self.alignment = alignment
         self.shape = chain_shape(gamma)
         self.cache: TargetCache | None = None
         self.pending: list[int] = []
@@ -63,8 +67,9 @@ class DraftChainProposer:
         self.calls = 0
 
     def begin(self, ctx: Context, first_token: int, capacity: int) -> None:
-        """Prefill the draft on the same context as the target."""
-        _, _, self.cache = self.draft.prefill(ctx, capacity)
+        """Prefill the draft on the target's draft context (``TargetModel.draft_context``); with
+        ``alignment="own"`` an aligned draft predicts its own durations instead (an ablation)."""
+        _, _, self.cache = self.draft.prefill(ctx if self.alignment == "target" else replace(ctx, durations=None), capacity)
         self.pending = [first_token]
         self.calls = 0
 

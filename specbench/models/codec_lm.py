@@ -167,9 +167,10 @@ class Alignment:
     """The frame conditioning of one aligned utterance: ``table[t]`` is added to the slot that predicts
     frame ``t`` (``t = speech position - prompt_len + 1``); rows past the last frame repeat the END row."""
 
-    def __init__(self, table: torch.Tensor, prompt_len: int) -> None:
+    def __init__(self, table: torch.Tensor, prompt_len: int, durations: torch.Tensor) -> None:
         self.table = table
         self.prompt_len = prompt_len
+        self.durations = durations  # frames per phone the table was built from
 
     @property
     def frames(self) -> int:
@@ -366,10 +367,17 @@ class CodecLM(nn.Module):
             dur[0] = 1
         return dur
 
-    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor) -> Alignment:
-        """The frame conditioning of one utterance, from its predicted durations."""
-        dur = self.predict_durations(phone_ids, prompt)
-        return Alignment(self.condition(frame_conditions(phone_ids, dur, self.cfg)), prompt.numel())
+    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor, durations: torch.Tensor | None = None) -> Alignment:
+        """The frame conditioning of one utterance, from ``durations`` (frames per phone) when given, else
+        from its predicted durations."""
+        if durations is None:
+            dur = self.predict_durations(phone_ids, prompt)
+        elif durations.numel() != phone_ids.numel() or int(durations.sum()) < 1 or bool((durations < 0).any()):
+            n = phone_ids.numel()
+            raise ValueError(f"durations for {n} phones must be {n} frame counts >= 0 adding up to >= 1, got {durations.tolist()}")
+        else:
+            dur = durations.to(phone_ids.device, torch.long)
+        return Alignment(self.condition(frame_conditions(phone_ids, dur, self.cfg)), prompt.numel(), dur)
 
     # ---- inference ------------------------------------------------------------------------------
     def text_positions(self, n: int, device: torch.device) -> torch.Tensor:
@@ -395,12 +403,14 @@ class CodecLM(nn.Module):
         p = self.head.weight
         return KVCache(self.cfg.n_layers, self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads, capacity, p.device, p.dtype)
 
-    def prefill(self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    def prefill(
+        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """Run ``[text][SEP][prompt]`` into a fresh cache.
 
         Returns ``(logits of the last position [speech_vocab+1], its hidden state [d], cache)``.
         ``capacity`` pre-sizes the cache for the tokens to come (it grows if needed). Aligned models
-        predict the durations here and keep the alignment on the cache.
+        predict the durations here (or take ``durations``) and keep the alignment on the cache.
         """
         if text_ids.numel() + 1 > self.cfg.max_text_len:
             raise ValueError(f"text of {text_ids.numel()} tokens exceeds max_text_len={self.cfg.max_text_len}")
@@ -408,7 +418,7 @@ class CodecLM(nn.Module):
         cache = self.new_cache(max(capacity, ids.numel() + 1))
         h = self.tok_emb(ids) + self.pos_emb(pos)
         if self.cfg.aligned:
-            cache.alignment = self.alignment(text_ids, prompt)
+            cache.alignment = self.alignment(text_ids, prompt, durations)
             h = torch.cat([h[:-1], h[-1:] + cache.alignment.table[:1]])  # the last slot predicts frame 0
         h = h.unsqueeze(0)
         for i, blk in enumerate(self.blocks):

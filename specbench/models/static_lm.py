@@ -262,10 +262,12 @@ class StaticDecoder(StaticGraphs):
         cfg = self.model.cfg
         return StaticKVCache(cfg.n_layers, cfg.n_heads, cfg.d_model // cfg.n_heads, capacity, self.device, self.dtype)
 
-    def prefill(self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, StaticKVCache]:
+    def prefill(
+        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, StaticKVCache]:
         """The model's own (eager) prefill, its keys/values copied into a static cache of ``capacity``
         slots plus room for the largest bucket's padding."""
-        logits, hidden, kv = self.model.prefill(text_ids, prompt, capacity=0)
+        logits, hidden, kv = self.model.prefill(text_ids, prompt, capacity=0, durations=durations)
         cache = self.new_cache(max(max(capacity, kv.length + 1) + BUCKETS[-1], self.min_capacity))
         n = kv.length
         for i in range(len(cache.k)):

@@ -33,7 +33,9 @@ class Context:
     transcript before the text); ``prompt_tokens`` are the prompt audio's codec tokens (speech space).
     ``phones`` (space-separated espeak-ng phone tokens) feed duration-aligned models, which compute them
     from ``text`` when absent; ``phone_starts`` (seconds, the reference audio's alignment) are used only
-    by teacher-forced scoring of the reference tokens.
+    by teacher-forced scoring of the reference tokens. ``durations`` (frames per phone) make an aligned
+    model speak to that alignment instead of predicting its own: how a draft follows its target's
+    (:meth:`TargetModel.draft_context`).
     """
 
     text: str
@@ -42,6 +44,7 @@ class Context:
     prompt_text: str | None = None
     phones: str | None = None
     phone_starts: list[float] | None = None
+    durations: tuple[int, ...] | None = None
 
 
 @runtime_checkable
@@ -78,6 +81,11 @@ class TargetModel(Protocol):
 
         ``capacity`` is a hint: how many slots the cache will need AFTER the context (tokens to come).
         """
+
+    def draft_context(self, ctx: Context, cache: TargetCache) -> Context:
+        """The context a draft model proposing for this target is given after the target's ``prefill``:
+        ``ctx`` plus what the target fixed there that the draft's tokens must fit (an aligned model: its
+        predicted durations, so draft frame t is conditioned on the same phone as target frame t)."""
 
     def step(
         self, tokens: torch.Tensor, cache: TargetCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None

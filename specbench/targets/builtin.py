@@ -12,6 +12,7 @@ doubling windows of the cache, run eagerly) or ``compiled`` (the static path thr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,9 +69,16 @@ class BuiltinTarget:
         """``[phonemes][SEP][prompt tokens]`` into a fresh cache preallocated for ``capacity`` more tokens."""
         text, prompt = text_ids(self.model, ctx).to(self._device), ctx.prompt_tokens.to(self._device)
         cap = text.numel() + 1 + prompt.numel() + capacity
+        dur = torch.tensor(ctx.durations, device=self._device) if ctx.durations is not None and self.model.cfg.aligned else None
         if self.static is not None:
-            return self.static.prefill(text, prompt, capacity=cap)
-        return self.model.prefill(text, prompt, capacity=cap)
+            return self.static.prefill(text, prompt, capacity=cap, durations=dur)
+        return self.model.prefill(text, prompt, capacity=cap, durations=dur)
+
+    def draft_context(self, ctx: Context, cache: KVCache | StaticKVCache) -> Context:
+        """``ctx`` with this aligned model's durations (from its prefill into ``cache``), else ``ctx``."""
+        if cache.alignment is None:
+            return ctx
+        return replace(ctx, durations=tuple(int(d) for d in cache.alignment.durations.tolist()))
 
     def step(
         self, tokens: torch.Tensor, cache: KVCache | StaticKVCache, *, depths: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
@@ -92,7 +100,8 @@ class BuiltinTarget:
         """Teacher-forced pass over ``[text][SEP][prompt][codes]``; rows from the last prompt slot on.
 
         An aligned model is conditioned on the reference alignment (``ctx.phone_starts``) when the
-        context has one, else on its own predicted durations.
+        context has one, else on ``ctx.durations`` when given (as in ``prefill``), else on its own
+        predicted durations.
         """
         text = text_ids(self.model, ctx).to(self._device)
         prompt = ctx.prompt_tokens.to(self._device)
@@ -103,6 +112,8 @@ class BuiltinTarget:
         if cfg.aligned:
             if ctx.phone_starts is not None and len(ctx.phone_starts) == text.numel():
                 dur = torch.from_numpy(durations_from_starts(ctx.phone_starts, codes.numel(), cfg.frame_rate)).to(self._device)
+            elif ctx.durations is not None:
+                dur = torch.tensor(ctx.durations, device=self._device)
             else:
                 dur = self.model.predict_durations(text, prompt)
             cond = sequence_conditions(ids.numel(), start, codes.numel(), text, dur, cfg)[None]

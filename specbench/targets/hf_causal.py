@@ -229,6 +229,10 @@ class HFCausalTarget:
 
         return HFCache(DynamicCache(config=self.config))
 
+    def draft_context(self, ctx: Context, cache: HFCache | HFStaticCache) -> Context:
+        """``ctx``: a causal LM's prefill fixes nothing a draft must follow."""
+        return ctx
+
     def prefill(self, ctx: Context, capacity: int = 0) -> tuple[torch.Tensor, torch.Tensor, HFCache | HFStaticCache]:
         """The family prompt through the model into a fresh cache: a DynamicCache (``capacity`` unused: it
         grows), or on the static paths a StaticCache with room for ``capacity`` more tokens."""
