@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -51,7 +51,7 @@ class DraftChainProposer:
 
     sampled = True
 
-    def __init__(self, draft: TargetModel, gamma: int = 3, alignment: str = "target") -> None:
+    def __init__(self, draft: TargetModel, gamma: int = 3, alignment: Literal["target", "own"] = "target") -> None:
         if gamma < 1:
             raise ValueError("gamma must be >= 1")
         if alignment not in ("target", "own"):
