@@ -27,6 +27,7 @@ The forward is kept lean because it is the hot path of every decoder.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -181,6 +182,16 @@ class Alignment:
         """Conditioning vectors ``[n, d]`` for the slots at ``speech_positions``."""
         t = (speech_positions - (self.prompt_len - 1)).clamp(0, self.frames)
         return self.table[t]
+
+
+def given_durations(durations: Sequence[int], phone_ids: torch.Tensor) -> torch.Tensor:
+    """``durations`` (frames per phone, e.g. a target's handed to its draft) as a long tensor on the phones'
+    device; ValueError unless there is one count >= 0 per phone and they add up to at least one frame."""
+    dur = torch.as_tensor(durations, dtype=torch.long, device=phone_ids.device)
+    n = phone_ids.numel()
+    if dur.numel() != n or int(dur.sum()) < 1 or bool((dur < 0).any()):
+        raise ValueError(f"durations for {n} phones must be {n} frame counts >= 0 adding up to >= 1, got {dur.tolist()}")
+    return dur
 
 
 def frame_conditions(phone_ids: torch.Tensor, durations: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
@@ -367,16 +378,10 @@ class CodecLM(nn.Module):
             dur[0] = 1
         return dur
 
-    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor, durations: torch.Tensor | None = None) -> Alignment:
+    def alignment(self, phone_ids: torch.Tensor, prompt: torch.Tensor, durations: Sequence[int] | None = None) -> Alignment:
         """The frame conditioning of one utterance, from ``durations`` (frames per phone) when given, else
         from its predicted durations."""
-        if durations is None:
-            dur = self.predict_durations(phone_ids, prompt)
-        elif durations.numel() != phone_ids.numel() or int(durations.sum()) < 1 or bool((durations < 0).any()):
-            n = phone_ids.numel()
-            raise ValueError(f"durations for {n} phones must be {n} frame counts >= 0 adding up to >= 1, got {durations.tolist()}")
-        else:
-            dur = durations.to(phone_ids.device, torch.long)
+        dur = self.predict_durations(phone_ids, prompt) if durations is None else given_durations(durations, phone_ids)
         return Alignment(self.condition(frame_conditions(phone_ids, dur, self.cfg)), prompt.numel(), dur)
 
     # ---- inference ------------------------------------------------------------------------------
@@ -404,7 +409,7 @@ class CodecLM(nn.Module):
         return KVCache(self.cfg.n_layers, self.cfg.n_heads, self.cfg.d_model // self.cfg.n_heads, capacity, p.device, p.dtype)
 
     def prefill(
-        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
+        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """Run ``[text][SEP][prompt]`` into a fresh cache.
 

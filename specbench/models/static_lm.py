@@ -28,6 +28,7 @@ which the tests use to check it against the dynamic path cheaply.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -263,7 +264,7 @@ class StaticDecoder(StaticGraphs):
         return StaticKVCache(cfg.n_layers, cfg.n_heads, cfg.d_model // cfg.n_heads, capacity, self.device, self.dtype)
 
     def prefill(
-        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: torch.Tensor | None = None
+        self, text_ids: torch.Tensor, prompt: torch.Tensor, capacity: int = 0, durations: Sequence[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, StaticKVCache]:
         """The model's own (eager) prefill, its keys/values copied into a static cache of ``capacity``
         slots plus room for the largest bucket's padding."""

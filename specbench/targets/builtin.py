@@ -19,7 +19,7 @@ import torch
 
 from specbench.codec.base import SpeechCodec
 from specbench.errors import ModelError
-from specbench.models.codec_lm import CodecLM, KVCache, count_parameters, sequence_conditions
+from specbench.models.codec_lm import CodecLM, KVCache, count_parameters, given_durations, sequence_conditions
 from specbench.models.static_lm import StaticDecoder, StaticKVCache
 from specbench.targets.base import Context
 from specbench.text import durations_from_starts, encode_phonemes, encode_phones, phones_of_text
@@ -69,7 +69,7 @@ class BuiltinTarget:
         """``[phonemes][SEP][prompt tokens]`` into a fresh cache preallocated for ``capacity`` more tokens."""
         text, prompt = text_ids(self.model, ctx).to(self._device), ctx.prompt_tokens.to(self._device)
         cap = text.numel() + 1 + prompt.numel() + capacity
-        dur = torch.tensor(ctx.durations, device=self._device) if ctx.durations is not None and self.model.cfg.aligned else None
+        dur = ctx.durations if self.model.cfg.aligned else None  # a plain model has no alignment to follow
         if self.static is not None:
             return self.static.prefill(text, prompt, capacity=cap, durations=dur)
         return self.model.prefill(text, prompt, capacity=cap, durations=dur)
@@ -113,7 +113,7 @@ class BuiltinTarget:
             if ctx.phone_starts is not None and len(ctx.phone_starts) == text.numel():
                 dur = torch.from_numpy(durations_from_starts(ctx.phone_starts, codes.numel(), cfg.frame_rate)).to(self._device)
             elif ctx.durations is not None:
-                dur = torch.tensor(ctx.durations, device=self._device)
+                dur = given_durations(ctx.durations, text)
             else:
                 dur = self.model.predict_durations(text, prompt)
             cond = sequence_conditions(ids.numel(), start, codes.numel(), text, dur, cfg)[None]
