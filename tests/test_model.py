@@ -261,3 +261,23 @@ def test_draft_config_refuses_init_checkpoint() -> None:
 
     with pytest.raises(ValidationError, match="init_checkpoint is for target training"):
         TrainDraftConfig(init_checkpoint="builtin:target-small")
+
+
+def test_checkpoint_loader_refuses_non_archives_before_unpickling(tmp_path, monkeypatch) -> None:
+    """Junk never reaches the unpickler (whose errors on random bytes are erratic), and a real file still loads."""
+    import random
+
+    from specbench.models import checkpoint
+
+    good = tmp_path / "good.pt"
+    checkpoint.save_atomic({"kind": "codec-lm"}, good)
+    assert checkpoint.load_checkpoint(good, "codec-lm") == {"kind": "codec-lm"}
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(random.Random(1).randbytes(4096))
+
+    def no_unpickling(*_a, **_k):
+        raise AssertionError("torch.load reached on a non-archive")
+
+    monkeypatch.setattr(checkpoint.torch, "load", no_unpickling)
+    with pytest.raises(ModelError, match=r"cannot read checkpoint .*not a torch.save archive"):
+        checkpoint.load_checkpoint(junk, "codec-lm")

@@ -234,12 +234,14 @@ class Groups:
     @classmethod
     def load(cls, path: str | Path) -> Groups:
         """Read a file written by :meth:`save`; ModelError (one line, with the fix) otherwise."""
+        from specbench.models.checkpoint import read_torch_file
+
         p = Path(path)
         fix = "build one with `specbench build-groups --out PATH`"
         if not p.is_file():
             raise ModelError(f"groups file not found: {p} (fix the path, or {fix})")
         try:
-            obj = torch.load(p, map_location="cpu", weights_only=False)
+            obj = read_torch_file(p)
         except Exception as exc:
             raise ModelError(f"cannot read groups file {p}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} ({fix})") from None
         kind = obj.get("kind") if isinstance(obj, dict) else None

@@ -6,6 +6,7 @@ message that says which kind it is and what was expected.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,21 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def read_torch_file(path: Path) -> Any:
+    """``torch.load`` of a file ``torch.save`` wrote (a zip archive), refusing anything else BEFORE unpickling:
+    random bytes fed to the unpickler can raise odd errors (even print a stray SystemError) instead of failing cleanly."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a torch.save archive")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_checkpoint(path: str | Path, expected_kind: str) -> dict[str, Any]:
     """Load a checkpoint and check its ``kind``; ModelError names the file and the fix."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"checkpoint not found: {p} (fix the path, or train one with `{MADE_BY.get(expected_kind, 'specbench train')}`)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+        obj = read_torch_file(p)
     except Exception as exc:
         raise ModelError(f"cannot read checkpoint {p}: {exc} (is it a specbench checkpoint?)") from None
     kind = obj.get("kind") if isinstance(obj, dict) else None
